@@ -1,0 +1,70 @@
+"""The backend registry: a plain dict of name -> where the backend lives, imported on first use.
+
+Every backend shares one small interface (see ``Backend``): ``prepare(model,
+example, device, threads)`` returns a ``Prepared`` whose ``run(inputs)`` is the
+only thing the bench times. Heavy imports (onnxruntime, compilers) happen inside
+``prepare`` so that listing backends is cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from prune.errors import PruneBenchError
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A model made ready on one backend. Only ``run(inputs)`` is timed."""
+
+    run: Callable[[Any], Any]  # the inference call
+    inputs: Any  # what ``run`` takes, already on the device and in the backend's format
+    to_torch: Callable[[Any], torch.Tensor] = lambda y: y.detach().float().cpu()  # output -> CPU fp32 tensor
+    synchronize: Callable[[], None] = lambda: None  # called inside the timed call on asynchronous devices
+    info: dict = dataclasses.field(default_factory=dict)  # extra_info additions (per-layer choices, bytes...)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """One way of running a model. ``prepare`` builds everything outside the timed call."""
+
+    name: str
+    devices: tuple[str, ...]  # "cpu", "cuda"
+    prepare: Callable[[nn.Module, torch.Tensor, str, int], Prepared]  # (model, example batch, device, threads)
+    unavailable: Callable[[str], str | None] = lambda device: None  # why it cannot run on ``device`` here
+    atol: float = 1e-3  # parity tolerance against dense fp32 PyTorch (absolute)...
+    rtol: float = 1e-3  # ...and relative
+    description: str = ""
+    default: bool = True  # part of the default ``pytest bench`` run (False: only when asked for by name)
+
+
+# name -> "module:attribute" of a Backend; add a line here for each backend.
+BACKENDS: dict[str, str] = {
+    "torch-dense": "bench.backends.torch_dense:BACKEND",
+}
+
+
+def backend_names() -> list[str]:
+    return list(BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered as ``name``; an unknown name lists the valid ones."""
+    try:
+        target = BACKENDS[name]
+    except KeyError:
+        raise PruneBenchError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}") from None
+    module_name, attr = target.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def cuda_unavailable(device: str) -> str | None:
+    """The reason a CUDA case cannot run here, or None."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU on this machine (torch.cuda.is_available() is False)"
+    return None

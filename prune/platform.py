@@ -1,0 +1,67 @@
+"""Device choice, seeding and provenance: decided here, nowhere else."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform as _platform
+import random
+
+import numpy as np
+import torch
+
+from prune.errors import PruneBenchError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turn ``auto|cpu|cuda`` into a torch.device, with a one-line error for the impossible."""
+    if name not in DEVICES:
+        raise PruneBenchError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PruneBenchError("--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto")
+    return torch.device(name)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so runs repeat."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return _platform.processor() or _platform.machine()
+
+
+def gpu_name() -> str | None:
+    """The first CUDA GPU's name, or None where there is none."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def provenance() -> dict:
+    """Machine, versions and date: what every saved result carries."""
+    import torchvision
+
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "python": _platform.python_version(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu_name(),
+        "cuda": torch.version.cuda,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
