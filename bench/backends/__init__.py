@@ -46,6 +46,19 @@ class Backend:
 # name -> "module:attribute" of a Backend; add a line here for each backend.
 BACKENDS: dict[str, str] = {
     "torch-dense": "bench.backends.torch_dense:BACKEND",
+    "torch-dense-channels-last": "bench.backends.cuda_dense:CHANNELS_LAST",
+    "torch-cuda-graph": "bench.backends.cuda_dense:CUDA_GRAPH",
+    "torch-compile-cuda": "bench.backends.cuda_dense:COMPILE",
+    "torch-dense-fp16": "bench.backends.cuda_dense:FP16",
+    "torch-dense-bf16": "bench.backends.cuda_dense:BF16",
+    "torch-cuda-graph-fp16": "bench.backends.cuda_dense:CUDA_GRAPH_FP16",
+    "torch-compile-cuda-fp16": "bench.backends.cuda_dense:COMPILE_FP16",
+    "torch-sparse-bsr": "bench.backends.torch_sparse_bsr:BACKEND",
+    "torch-sparse-bsr-4": "bench.backends.torch_sparse_bsr:BACKEND_4",
+    "torch-2:4": "bench.backends.semi_structured:BACKEND",
+    "torch-2:4-bf16": "bench.backends.semi_structured:BACKEND_BF16",
+    "torch-2:4-cutlass": "bench.backends.semi_structured:BACKEND_CUTLASS",
+    "im2col-dense-fp16": "bench.backends.semi_structured:BACKEND_CONTROL",
 }
 
 
