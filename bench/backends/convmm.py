@@ -10,16 +10,33 @@ between layers; the im2col itself is one copy of the input times kh*kw.
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prune.mask import make_permanent_
 from prune.nm import gemm_view
 
 # (cols [M, K], weight [Cout, K] in the backend's format, bias [Cout] or None) -> [M, Cout]
 Matmul = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def inference_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode with any attached pruning masks folded into plain weights.
+
+    With masks attached, ``module.weight`` is a computed (non-leaf) tensor that
+    ``copy.deepcopy`` refuses; the copy gets a detached clone of it instead.
+    """
+    memo = {}
+    for module in model.modules():
+        if hasattr(module, "weight_orig") and isinstance(getattr(module, "weight", None), torch.Tensor):
+            memo[id(module.weight)] = module.weight.detach().clone()
+    model = copy.deepcopy(model, memo).eval()
+    make_permanent_(dict(model.named_modules()))
+    return model
 
 
 def im2col_nhwc(x: torch.Tensor, kernel_size, stride, padding) -> tuple[torch.Tensor, tuple[int, int, int]]:

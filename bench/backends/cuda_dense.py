@@ -11,7 +11,6 @@ defaults, in which cuDNN convs use TF32 (``torch.backends.cudnn.allow_tf32``);
 
 from __future__ import annotations
 
-import copy
 import functools
 import importlib.util
 
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from bench.backends import Backend, Prepared, cuda_unavailable
-from prune.mask import make_permanent_
+from bench.backends.convmm import inference_copy
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -31,8 +30,7 @@ WARMUP = 3  # forwards before a graph capture or after a compile (cuDNN autotuni
 
 def prepare_model(model: nn.Module, device: str, precision: str = "fp32", channels_last: bool = True) -> nn.Module:
     """A copy of ``model`` in eval mode on ``device`` in ``precision``, channels-last if asked; masks made permanent."""
-    model = copy.deepcopy(model).eval()
-    make_permanent_(dict(model.named_modules()))
+    model = inference_copy(model)  # attached masks -> plain weights with zeros
     model = model.to(device=device, dtype=DTYPES[precision])
     return model.to(memory_format=torch.channels_last) if channels_last else model
 

@@ -16,17 +16,15 @@ cost of im2col against cuDNN (compare both with ``torch-dense-fp16``).
 
 from __future__ import annotations
 
-import copy
 import functools
 
 import torch
 from torch import nn
 
 from bench.backends import Backend, Prepared, cuda_unavailable
-from bench.backends.convmm import convert_convs_, dense_linear
+from bench.backends.convmm import convert_convs_, dense_linear, inference_copy
 from bench.backends.cuda_dense import TOLERANCE
 from prune.errors import PruneBenchError
-from prune.mask import make_permanent_
 from prune.nm import fits_nm, is_nm
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -77,8 +75,7 @@ def prepare_model(model: nn.Module, device: str, dtype: torch.dtype, kernel: str
     """
     if kernel not in KERNELS:
         raise PruneBenchError(f"unknown 2:4 kernel {kernel!r}: choose from {', '.join(KERNELS)}")
-    model = copy.deepcopy(model).eval()
-    make_permanent_(dict(model.named_modules()))  # attached masks -> plain weights with zeros
+    model = inference_copy(model)  # attached masks -> plain weights with zeros
     model = model.to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
     maker = functools.partial(_make_weight, kernel=kernel, dtype=dtype, device=device)
     choices = convert_convs_(model, maker, dense_linear)  # F.linear dispatches on the semi-structured weight

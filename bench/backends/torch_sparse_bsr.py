@@ -7,20 +7,20 @@ multiplied as ``W_bsr @ cols.T`` (on the CPU that is ~8x faster than
 blocks to its Triton kernel, others to cuSPARSE). Every conv whose shape fits is
 converted, whatever its share of all-zero blocks (recorded per layer in
 ``info``): unstructured pruning leaves few whole blocks empty, and the numbers
-should show what that costs rather than hide it. The stem (K = 27) and fc stay dense.
+should show what that costs rather than hide it. The stem (K = 27) and fc stay
+dense. torch calls its BSR support beta.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
+import warnings
 
 import torch
 from torch import nn
 
 from bench.backends import Backend, Prepared, cuda_unavailable
-from bench.backends.convmm import convert_convs_
-from prune.mask import make_permanent_
+from bench.backends.convmm import convert_convs_, inference_copy
 
 
 def block_density(matrix: torch.Tensor, blocksize: int) -> float:
@@ -41,7 +41,9 @@ def _make_weight(name: str, conv: nn.Conv2d, matrix: torch.Tensor, *, blocksize:
     if rows % blocksize or cols % blocksize:
         return f"[Cout, K] = [{rows}, {cols}] is not a multiple of the {blocksize}x{blocksize} block"
     densities[name] = round(block_density(matrix, blocksize), 4)
-    return matrix.to(device).to_sparse_bsr((blocksize, blocksize))
+    with warnings.catch_warnings():  # "BSR support is in beta": known, and said once in this module's docstring
+        warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
+        return matrix.to(device).to_sparse_bsr((blocksize, blocksize))
 
 
 def prepare_model(model: nn.Module, device: str, blocksize: int) -> tuple[nn.Module, dict[str, str], dict[str, float]]:
@@ -49,8 +51,7 @@ def prepare_model(model: nn.Module, device: str, blocksize: int) -> tuple[nn.Mod
 
     Returns the model, per conv "converted" or why not, and the block density of each converted conv.
     """
-    model = copy.deepcopy(model).eval()
-    make_permanent_(dict(model.named_modules()))
+    model = inference_copy(model)  # attached masks -> plain weights with zeros
     model = model.to(device)
     densities: dict[str, float] = {}
     maker = functools.partial(_make_weight, blocksize=blocksize, device=device, densities=densities)
