@@ -1,0 +1,380 @@
+"""Training, fine-tuning of pruned models, evaluation and the study's time per image.
+
+Plain SGD with momentum and weight decay and a per-step learning-rate
+schedule. On CUDA: mixed precision (bf16 or fp16 autocast), channels_last and
+the data set resident on the GPU (``prune.data.ResidentBatches``); on the CPU:
+fp32 and DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from prune.data import DataSet, batches
+from prune.errors import PruneBenchError
+from prune.mask import Mask, make_permanent_
+from prune.models import INPUT_SHAPE, prunable_layers
+from prune.platform import resolve_device
+from prune.pruning import prune_rounds
+from prune.schedule import check_rounds, check_sparsity, round_counts
+from prune.strategies import STRATEGIES, get_strategy
+
+SCHEDULES = ("onecycle", "cosine", "constant")
+AMP = ("bf16", "fp16", "off")
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """How to train (or fine-tune) a model."""
+
+    epochs: int = 30  # passes over the training set (per round when fine-tuning a pruned model)
+    batch_size: int = 128  # images per step
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 penalty on all parameters
+    schedule: str = "onecycle"  # learning rate per step: onecycle | cosine | constant
+    seed: int = 0  # seeds initial weights, shuffling, augmentation and random pruning
+    device: str = "auto"  # auto | cpu | cuda
+    workers: int = 2  # DataLoader processes on the CPU (the GPU path keeps the data on the GPU and needs none)
+    amp: str = "bf16"  # mixed precision on CUDA: bf16 | fp16 | off (the CPU always trains in fp32)
+    progress: bool = True  # show progress bars
+
+    def check(self) -> None:
+        """Raise a one-line error for impossible settings, before any work starts."""
+        resolve_device(self.device)
+        if self.epochs < 0:
+            raise PruneBenchError(f"--epochs {self.epochs} must be >= 0")
+        if self.batch_size < 1:
+            raise PruneBenchError(f"--batch-size {self.batch_size} must be >= 1")
+        if not self.lr > 0:
+            raise PruneBenchError(f"--lr {self.lr} must be > 0")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise PruneBenchError("--momentum and --weight-decay must be >= 0")
+        if self.schedule not in SCHEDULES:
+            raise PruneBenchError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.amp not in AMP:
+            raise PruneBenchError(f"unknown --amp {self.amp!r}: choose one of {', '.join(AMP)}")
+        if self.workers < 0:
+            raise PruneBenchError(f"--workers {self.workers} must be >= 0")
+
+
+# Fine-tuning a pruned model: the seed study settled on lr 0.0005 with momentum, 3 or 5 epochs.
+FINETUNE_DEFAULTS = {"epochs": 3, "lr": 0.0005, "schedule": "cosine"}
+
+
+def finetune_settings(**overrides) -> TrainSettings:
+    """TrainSettings with the fine-tuning defaults, then ``overrides``."""
+    return TrainSettings(**{**FINETUNE_DEFAULTS, **overrides})
+
+
+@dataclasses.dataclass
+class EvalSettings:
+    """How to measure accuracy and the study's inference time per image."""
+
+    eval_batch_size: int = 500  # images per evaluation batch
+    time_batch: int = 1  # images per timed forward pass (1: the latency of one image)
+    time_warmup: int = 10  # untimed forward passes before timing
+    time_iters: int = 50  # timed forward passes; the median is reported
+
+    def check(self) -> None:
+        if self.eval_batch_size < 1 or self.time_batch < 1 or self.time_iters < 1 or self.time_warmup < 0:
+            raise PruneBenchError("--eval-batch-size, --time-batch and --time-iters must be >= 1, --time-warmup >= 0")
+
+
+@dataclasses.dataclass
+class PruneSettings:
+    """What to prune and how far."""
+
+    sparsity: float = 0.9  # fraction of the in-scope weights pruned at the end, in [0, 1)
+    rounds: int = 1  # pruning rounds, each followed by fine-tuning: 1 is one-shot, more is iterative
+    strategy: str = "magnitude"  # which weights go: a name in prune.strategies.STRATEGIES
+    include_downsample: bool = False  # also prune the three 1x1 shortcut convs (the seed pruned 18 tensors)
+
+    def check(self) -> None:
+        check_sparsity(self.sparsity)
+        check_rounds(self.rounds)
+        if self.strategy not in STRATEGIES:
+            get_strategy(self.strategy)  # raises the registry's one-line error
+
+
+def make_strategy(name: str, seed: int = 0):
+    """The strategy registered as ``name``, given ``seed`` where its constructor takes one."""
+    if name not in STRATEGIES:
+        return get_strategy(name)  # raises the one-line error listing the valid names
+    try:
+        takes_seed = "seed" in inspect.signature(STRATEGIES[name]).parameters
+    except (TypeError, ValueError):
+        takes_seed = False
+    return get_strategy(name, seed=seed) if takes_seed else get_strategy(name)
+
+
+# -- schedule, precision ---------------------------------------------------------------
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: float = 0.25) -> float:
+    """Multiplier of the peak learning rate at ``step`` (0-based) of ``total`` steps.
+
+    onecycle: linear rise over the first ``warmup`` of the steps, then linear fall
+    towards 0 (Smith & Topin 2018, "Super-Convergence"); cosine: half a cosine
+    from 1 towards 0 (Loshchilov & Hutter 2017, "SGDR"); constant: 1.
+    """
+    if schedule == "constant" or total <= 1:
+        return 1.0
+    t = (step + 1) / total  # the fraction of training done after this step
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / total))
+    if schedule == "onecycle":
+        return t / warmup if t <= warmup else max(0.0, (1.0 - t) / (1.0 - warmup))
+    raise PruneBenchError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+
+
+def _autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _inputs(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+def fit(
+    model: nn.Module,
+    data: DataSet,
+    settings: TrainSettings,
+    epochs: int | None = None,
+    desc: str = "train",
+    on_step: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Train ``model`` in place on ``data``'s training split; one dict of figures per epoch.
+
+    A fresh SGD optimizer (momentum, weight decay) and schedule are made on every
+    call, so each fine-tuning round starts without the previous round's momentum.
+    Pruning masks attached with torch.nn.utils.prune stay attached: SGD updates
+    ``weight_orig`` and the forward pass multiplies by the mask, so pruned weights
+    cannot regrow.
+    """
+    settings.check()
+    epochs = settings.epochs if epochs is None else epochs
+    if epochs == 0:
+        return []
+    device = resolve_device(settings.device)
+    train_split = data.require_train()
+    loader = batches(train_split, data, settings.batch_size, True, device, settings.workers, settings.seed)
+    _on_device(model, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    total = epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(settings.schedule, step, total))
+    dtype = _autocast_dtype(device, settings.amp)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    history = []
+    step = 0
+    for epoch in range(epochs):
+        model.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, disable=not settings.progress)
+        for x, y in bar:
+            x, y = _inputs(x, device), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = model(x)
+                loss = F.cross_entropy(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * y.shape[0]
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+            step += 1
+            if on_step is not None:
+                on_step(step)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(loss_sum) / seen,
+                "train_accuracy": float(correct) / seen,
+                "seconds": time.perf_counter() - start,
+                "lr_end": optimizer.param_groups[0]["lr"],
+            }
+        )
+        if settings.progress:
+            h = history[-1]
+            tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: loss {h['loss']:.4f}, train acc {h['train_accuracy']:.2%}, {h['seconds']:.1f} s")
+    return history
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DataSet, device: str | torch.device = "cpu", batch_size: int = 500) -> tuple[float, float]:
+    """Accuracy (fraction correct) and mean cross-entropy loss on ``data``'s test split, in fp32."""
+    device = torch.device(device)
+    _on_device(model, device)
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for x, y in batches(data.test, data, batch_size, False, device):
+        x, y = _inputs(x, device), y.to(device)
+        out = model(x).float()
+        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+        seen += y.shape[0]
+    if seen == 0:
+        raise PruneBenchError(f"data set {data.name!r} has no test images to evaluate on")
+    return correct / seen, loss_sum / seen
+
+
+@torch.no_grad()
+def time_per_image(
+    model: nn.Module,
+    device: str | torch.device = "cpu",
+    batch: int = 1,
+    warmup: int = 10,
+    iters: int = 50,
+    input_shape: tuple[int, ...] = INPUT_SHAPE,
+) -> float:
+    """Median seconds per image of an fp32 eval-mode forward pass, after ``warmup`` untimed passes.
+
+    The seed study's "inference time per image" (its speedup is base time /
+    pruned time). CUDA work is synchronised inside every timed pass. This is a
+    figure for the study table; the bench suite does the latency study properly.
+    """
+    device = torch.device(device)
+    _on_device(model, device)
+    model.eval()
+    x = _inputs(torch.randn(batch, *input_shape), device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        model(x)
+    sync()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        model(x)
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / batch
+
+
+# -- pruning with fine-tuning ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PruneOutcome:
+    """What ``prune_and_finetune`` did: the final mask and each round's figures."""
+
+    mask: Mask
+    target_zeros: int  # weights the schedule asked to prune in total
+    rounds: list[dict]  # per round: sparsity after pruning and the fine-tuning history
+
+
+def prune_and_finetune(
+    model: nn.Module, data: DataSet, prune: PruneSettings, train: TrainSettings, desc: str = "prune"
+) -> PruneOutcome:
+    """Prune ``model`` in place (one-shot or iterative), fine-tune after every round, make the masks permanent.
+
+    Each round prunes p = 1 - (1-s)^(1/n) of the weights still unpruned (Han et
+    al. 2015; Frankle & Carbin 2019) and fine-tunes ``train.epochs`` epochs with a
+    fresh optimizer, masks attached. At the end the achieved sparsity must equal
+    the target to within one weight, and the folded weights must be exactly zero
+    where the mask says; otherwise a PruneBenchError is raised.
+    """
+    prune.check()
+    train.check()
+    device = resolve_device(train.device)
+    model.to(device)
+    layers = prunable_layers(model, prune.include_downsample)
+    strategy = make_strategy(prune.strategy, seed=train.seed)
+    log: list[dict] = []
+
+    def after_round(k: int, mask: Mask) -> None:
+        entry = {"round": k + 1, "sparsity": mask.sparsity, "zeros": mask.zeros}
+        if train.epochs > 0:
+            tuned = dataclasses.replace(train, seed=train.seed + k)
+            entry["epochs"] = fit(model, data, tuned, desc=f"{desc} round {k + 1}/{prune.rounds}")
+        log.append(entry)
+
+    mask = prune_rounds(layers, strategy, prune.sparsity, prune.rounds, after_round)
+    target = round_counts(mask.numel, prune.sparsity, prune.rounds)[-1]
+    if abs(mask.zeros - target) > 1:
+        raise PruneBenchError(f"pruned {mask.zeros} of {mask.numel} weights, the target is {target}: not saving")
+    make_permanent_(layers)
+    model.to(memory_format=torch.contiguous_format)
+    for name, module in layers.items():
+        left = int((module.weight.detach().cpu()[~mask[name]] != 0).sum())
+        if left:
+            raise PruneBenchError(f"{name}: {left} pruned weights are nonzero after folding the mask: not saving")
+    return PruneOutcome(mask, target, log)
+
+
+# -- training a base model ------------------------------------------------------------------
+
+
+def train_model(data: DataSet, settings: TrainSettings) -> tuple[nn.Module, dict]:
+    """Train a fresh CIFAR ResNet-18 on ``data``; return it (on the CPU, eval mode) with checkpoint meta."""
+    from prune.models import ARCH, resnet18_cifar
+    from prune.platform import provenance, set_seed
+
+    settings.check()
+    set_seed(settings.seed)
+    model = resnet18_cifar(num_classes=data.num_classes)
+    start = time.perf_counter()
+    history = fit(model, data, settings, desc="train")
+    seconds = time.perf_counter() - start
+    device = resolve_device(settings.device)
+    accuracy, loss = evaluate(model, data, device)
+    model.to("cpu", memory_format=torch.contiguous_format).eval()
+    meta = {
+        "arch": ARCH,
+        "dataset": data.name,
+        "dataset_note": data.note,
+        "method": "dense",
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "lr": settings.lr,
+        "momentum": settings.momentum,
+        "weight_decay": settings.weight_decay,
+        "schedule": settings.schedule,
+        "seed": settings.seed,
+        "amp": settings.amp if device.type == "cuda" else "off",
+        "device": device.type,
+        "train_images": len(data.require_train()),
+        "accuracy": accuracy,
+        "loss": loss,
+        "train_seconds": seconds,
+        "epoch_seconds": [h["seconds"] for h in history],
+        "provenance": provenance(),
+    }
+    return model, meta
