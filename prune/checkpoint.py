@@ -8,6 +8,7 @@ The loader also takes a bare ResNet-18 state_dict (such as PyTorch_CIFAR10's
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -72,7 +73,10 @@ def _read(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types here; all mean "not a checkpoint we can read safely"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch colours parts of its message
+        # the weights-only unpickler's own line says what it refused; torch's first line is generic
+        found = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+        first = found.group(1) if found else (text.splitlines()[0] if text else type(e).__name__)
         raise PruneBenchError(
             f"{path} is not a weights-only PyTorch checkpoint ({first[:120]}): save model.state_dict(), not the model"
         ) from None

@@ -168,7 +168,6 @@ def format_report(rows: list[LayerRow], mac_weighted: float | None = None) -> st
     lines.append(f"| **total** | {params} | {nonzeros} | {total:.2%} | {sum(r.macs for r in rows)} |")
     if mac_weighted is not None:
         lines.append("")
-        lines.append(
-            f"MAC-weighted sparsity {mac_weighted:.2%}; speedup limit 1/(1-s) = {1.0 / (1.0 - mac_weighted):.2f}x"
-        )
+        limit = f"{1.0 / (1.0 - mac_weighted):.2f}x" if mac_weighted < 1.0 else "unbounded (every MAC pruned)"
+        lines.append(f"MAC-weighted sparsity {mac_weighted:.2%}; speedup limit 1/(1-s) = {limit}")
     return "\n".join(lines)

@@ -55,8 +55,8 @@ def provenance() -> dict:
     import torchvision
 
     return {
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion, which weights_only loading refuses
+        "torchvision": str(torchvision.__version__),
         "numpy": np.__version__,
         "python": _platform.python_version(),
         "cpu": cpu_name(),
