@@ -42,10 +42,12 @@ def test_registered_under_its_own_name(name):
     assert 0 < backend.atol <= 0.1 and 0 < backend.rtol <= 0.05
 
 
-def test_slow_compiles_and_the_second_kernel_are_opt_in():
+def test_slow_compiles_2_4_and_the_second_block_size_are_opt_in():
     assert [n for n in CUDA_ONLY + CPU_AND_CUDA if not get_backend(n).default] == [
         "torch-compile-cuda",
         "torch-compile-cuda-fp16",
+        "torch-2:4",
+        "torch-2:4-bf16",
         "torch-2:4-cutlass",
         "torch-sparse-bsr-4",
     ]
