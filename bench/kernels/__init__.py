@@ -1,0 +1,391 @@
+"""Sparse direct convolution on the CPU: the C++ kernel, its activation layout and a conv op built on it.
+
+The layout ("Act"): an activation of C channels, N images of H x W is a 2-D float32
+tensor (C, stride); channel c's row holds the zero-bordered image stack
+(H + 2B, W + 2B, N) flattened with the batch innermost, then zeros. Because every
+plane is flat and zero-bordered, one tap (ky, kx) of a stride-1 convolution is a
+constant shift of the flat index, so a convolution is, per output channel, a sum
+of shifted contiguous vectors times scalars: one per nonzero weight, no im2col.
+Wrap-around positions between rows are computed and then zeroed by a mask. A
+strided convolution first splits its input into s*s phases (space-to-depth), after
+which each tap is again a constant shift.
+
+The kernel (``sparse_conv.cpp``) is built once per machine with
+``torch.utils.cpp_extension.load_inline`` (-O3 -march=native -fopenmp) into
+torch's extension cache and reused from there; it takes the thread count on every
+call. Approach after Elsen et al. 2020, "Fast Sparse ConvNets" (per-output-channel
+nonzeros, output tile in registers, inner loop over spatial positions), applied to
+3x3 and strided convolutions through the flat shifted layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from prune.errors import PruneBenchError
+
+SOURCE = Path(__file__).with_name("sparse_conv.cpp")
+VEC = 16  # floats per vector register (AVX-512); also the layout's alignment unit
+# (R, V) pairs compiled into the extension: R output channels share a pattern, V vectors per tile
+KERNELS = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 8), (1, 12), (1, 16), (4, 1), (4, 2), (4, 4), (8, 1), (8, 2), (8, 3))
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-std=c++17"]
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+@functools.lru_cache(maxsize=1)
+def _load():
+    """Build (first use on this machine, about 15 s) or load the cached C++ extension."""
+    import warnings
+
+    from torch.utils import cpp_extension
+
+    source = SOURCE.read_text()
+    # the name carries a hash of source and flags, so an edited kernel never loads a stale build
+    digest = hashlib.sha1((source + " ".join(CFLAGS)).encode()).hexdigest()[:10]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cpp_extension.load_inline(
+            name=f"prunebench_sparse_conv_{digest}",
+            cpp_sources=[source],
+            extra_cflags=CFLAGS,
+            extra_ldflags=["-fopenmp"],
+            no_implicit_headers=True,  # pybind11 only: a much faster build than torch/extension.h
+            verbose=bool(os.environ.get("PRUNEBENCH_VERBOSE_BUILD")),
+        )
+
+
+def kernel_module():
+    """The compiled kernel module, or a one-line PruneBenchError saying why it cannot be built here."""
+    try:
+        return _load()
+    except Exception as e:  # compiler missing, ninja missing, build error: all mean "cannot build here"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PruneBenchError(
+            f"cannot build the sparse convolution kernel ({first[:160]}): it needs g++ and ninja (pip install ninja)"
+        ) from None
+
+
+def unavailable() -> str | None:
+    """Why the kernel cannot run here, or None."""
+    try:
+        kernel_module()
+    except PruneBenchError as e:
+        return str(e)
+    return None
+
+
+# ---------------------------------------------------------------------------- layout
+@dataclasses.dataclass(frozen=True)
+class Act:
+    """Geometry of one activation in the flat layout: C planes of (H + 2B, W + 2B, N), batch innermost."""
+
+    C: int
+    H: int
+    W: int
+    N: int
+    B: int  # zero border on every side
+
+    @property
+    def pitch(self) -> int:  # positions per padded row
+        return self.W + 2 * self.B
+
+    @property
+    def plane_len(self) -> int:  # floats in one padded plane
+        return (self.H + 2 * self.B) * self.pitch * self.N
+
+    @property
+    def stride(self) -> int:  # floats between planes: room for one vector of overrun, aligned
+        return _round_up(self.plane_len + VEC, VEC)
+
+    def alloc(self) -> torch.Tensor:
+        return torch.zeros(self.C, self.stride)
+
+    def grid(self, buf: torch.Tensor) -> torch.Tensor:
+        """(C, H+2B, W+2B, N) view of ``buf``."""
+        return buf[:, : self.plane_len].view(self.C, self.H + 2 * self.B, self.pitch, self.N)
+
+    def interior(self, buf: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) view of the image part of ``buf``."""
+        b = self.B
+        return self.grid(buf)[:, b : b + self.H, b : b + self.W].permute(3, 0, 1, 2)
+
+    def valid_range(self) -> tuple[int, int]:
+        """Flat [t0, t1) from the first to past the last image element (wrap-around positions in between)."""
+        b, p, n = self.B, self.pitch, self.N
+        return (b * p + b) * n, ((self.H - 1 + b) * p + self.W + b) * n
+
+    def mask(self) -> torch.Tensor:
+        """1.0 on image elements, 0.0 on border, wrap-around and overrun: the kernel's last multiply."""
+        m = torch.zeros(self.stride)
+        view = m[: self.plane_len].view(self.H + 2 * self.B, self.pitch, self.N)
+        view[self.B : self.B + self.H, self.B : self.B + self.W] = 1.0
+        return m
+
+
+def to_act(x: torch.Tensor, act: Act, buf: torch.Tensor | None = None) -> torch.Tensor:
+    """Copy an (N, C, H, W) tensor into the flat layout (into ``buf`` where given, whose border stays zero)."""
+    if buf is None:
+        buf = act.alloc()
+    act.interior(buf).copy_(x)
+    return buf
+
+
+def from_act(buf: torch.Tensor, act: Act) -> torch.Tensor:
+    """The (N, C, H, W) contiguous tensor held by ``buf``."""
+    return act.interior(buf).contiguous()
+
+
+# ---------------------------------------------------------------------------- geometry
+@dataclasses.dataclass(frozen=True)
+class ConvGeometry:
+    """Where each tap of a convolution reads, for an input and an output in the flat layout."""
+
+    inp: Act
+    out: Act
+    kernel: tuple[int, int]
+    stride: int
+    padding: int
+    phase_rows: int  # rows of each phase plane (pitch = out.pitch)
+
+    @classmethod
+    def make(cls, inp: Act, cout: int, kernel: tuple[int, int], stride: int, padding: int, out_border: int):
+        kh, kw = kernel
+        if padding > inp.B:
+            raise PruneBenchError(f"a convolution pads by {padding} but its input has a border of {inp.B}")
+        hout = (inp.H + 2 * padding - kh) // stride + 1
+        wout = (inp.W + 2 * padding - kw) // stride + 1
+        if hout < 1 or wout < 1:
+            raise PruneBenchError(f"a {kh}x{kw} stride-{stride} convolution does not fit a {inp.H}x{inp.W} input")
+        out = Act(cout, hout, wout, inp.N, out_border)
+        shift = inp.B - padding
+        qy_max, qx_max = (kh - 1 + shift) // stride, (kw - 1 + shift) // stride
+        if qx_max > 2 * out_border:
+            raise PruneBenchError(
+                f"a {kh}x{kw} stride-{stride} padding-{padding} convolution needs an output border of at least "
+                f"{(qx_max + 1) // 2}, not {out_border}"
+            )
+        # every input row in its phase plus the rows the taps reach: the same for every conv reading this
+        # input at this stride with this output, so a 3x3 conv and a 1x1 shortcut share one set of phases
+        rows = max(-(-(inp.H + 2 * inp.B) // stride), hout + qy_max) + 1
+        return cls(inp, out, (kh, kw), stride, padding, rows)
+
+    @property
+    def direct(self) -> bool:
+        """Whether taps read the input buffer itself (stride 1, same pitch) rather than phase planes."""
+        return self.stride == 1 and self.inp.pitch == self.out.pitch
+
+    @property
+    def phase_stride(self) -> int:
+        return _round_up(self.phase_rows * self.out.pitch * self.inp.N + VEC, VEC)
+
+    def tap_offsets(self) -> torch.Tensor:
+        """(Cin, kh, kw) int64: flat offset of each (input channel, tap) relative to the output index."""
+        kh, kw = self.kernel
+        s, bo, po, n = self.stride, self.out.B, self.out.pitch, self.inp.N
+        shift = self.inp.B - self.padding
+        plane = self.inp.stride if self.direct else self.phase_stride
+        cin = self.inp.C
+        off = torch.empty(cin, kh, kw, dtype=torch.int64)
+        ci = torch.arange(cin, dtype=torch.int64)
+        for ky in range(kh):
+            a, qy = (ky + shift) % s, (ky + shift) // s
+            for kx in range(kw):
+                b, qx = (kx + shift) % s, (kx + shift) // s
+                phase = 0 if self.direct else a * s + b
+                off[:, ky, kx] = (phase * cin + ci) * plane + ((qy - bo) * po + (qx - bo)) * n
+        return off
+
+    def alloc_phases(self) -> torch.Tensor | None:
+        if self.direct:
+            return None
+        return torch.zeros(self.stride * self.stride * self.inp.C, self.phase_stride)
+
+    def fill_phases(self, buf: torch.Tensor, phases: torch.Tensor, threads: int = 1) -> None:
+        """Split the input into s*s phase planes with the output's pitch (space-to-depth)."""
+        i, o = self.inp, self.out
+        kernel_module().phases(
+            buf.data_ptr(), buf.stride(0), i.C, i.H + 2 * i.B, i.pitch, i.N, self.stride,
+            phases.data_ptr(), phases.stride(0), self.phase_rows, o.pitch, threads,
+        )
+
+
+# ---------------------------------------------------------------------------- weights
+@dataclasses.dataclass
+class PackedWeights:
+    """Nonzeros of a convolution's weights, R output channels per group sharing the union of their patterns."""
+
+    R: int
+    gptr: torch.Tensor  # (groups + 1,) int64: group g's entries are [gptr[g], gptr[g+1])
+    src: torch.Tensor  # (entries,) int32: flat input offset of each entry
+    val: torch.Tensor  # (entries, R) float32: the R weights of each entry (zeros where a channel has none)
+    bias: torch.Tensor  # (Cout,) float32
+    cout: int
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, R: int, dense: bool = False):
+        """``offsets`` from ``ConvGeometry.tap_offsets``; ``dense`` keeps every weight (a dense direct conv)."""
+        cout = weight.shape[0]
+        k = weight[0].numel()
+        groups = (cout + R - 1) // R
+        w = torch.zeros(groups * R, k)
+        w[:cout] = weight.detach().reshape(cout, k).float()
+        w = w.view(groups, R, k)
+        keep = torch.ones(groups, k, dtype=torch.bool) if dense else (w != 0).any(1)
+        if int(offsets.max()) >= 2**31:
+            raise PruneBenchError("activation too large for the sparse kernel's 32-bit offsets: use a smaller batch")
+        gptr = torch.zeros(groups + 1, dtype=torch.int64)
+        gptr[1:] = keep.sum(1).cumsum(0)
+        src = offsets.reshape(1, k).expand(groups, k)[keep].to(torch.int32).contiguous()
+        val = w.permute(0, 2, 1)[keep].contiguous()
+        b = torch.zeros(cout) if bias is None else bias.detach().float().clone()
+        return cls(R, gptr, src, val, b.contiguous(), cout)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed weights (offsets, values, group pointers, bias)."""
+        return sum(t.numel() * t.element_size() for t in (self.gptr, self.src, self.val, self.bias))
+
+
+def dense_nbytes(weight: torch.Tensor, bias_len: int) -> int:
+    """Bytes of the same weights stored densely in fp32 (with the bias)."""
+    return (weight.numel() + bias_len) * 4
+
+
+# ---------------------------------------------------------------------------- one convolution
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """How one convolution is computed: ``kind`` is "sparse" (R=1), "grouped" (R>1, union pattern),
+    "dense" (every weight, own kernel) or "torch" (torch's dense conv2d on a view of the layout)."""
+
+    kind: str
+    R: int = 1
+    V: int = 1
+    block: int = 0  # flat elements per work item (0: the whole plane)
+
+    def __str__(self) -> str:
+        if self.kind == "torch":
+            return "torch"
+        return f"{self.kind}(R={self.R},V={self.V}" + (f",block={self.block})" if self.block else ")")
+
+
+class ConvOp:
+    """One convolution + bias (+ residual) (+ ReLU) between buffers of the flat layout, as one variant.
+
+    ``weight``/``bias`` are the BN-folded fp32 parameters; ``residual`` (same geometry
+    as the output) is added before the ReLU. Where the geometry is not ``direct`` the
+    op reads ``phases``, which the caller fills (``ConvGeometry.fill_phases``) first.
+    """
+
+    def __init__(self, geom: ConvGeometry, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant,
+                 inp: torch.Tensor, out: torch.Tensor, phases: torch.Tensor | None, residual: torch.Tensor | None,
+                 relu: bool, threads: int, mask: torch.Tensor | None = None):
+        self.geom, self.variant, self.relu, self.threads = geom, variant, relu, threads
+        self.inp, self.out, self.phases, self.residual = inp, out, phases, residual
+        self.weight = weight.detach().float().contiguous()
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+        if variant.kind == "torch":
+            self._call = self._torch
+            return
+        self.mask = geom.out.mask() if mask is None else mask
+        dense = variant.kind == "dense"
+        self.packed = PackedWeights.pack(self.weight, self.bias, geom.tap_offsets(), variant.R, dense=dense)
+        t0, t1 = geom.out.valid_range()
+        block = variant.block or (t1 - t0)
+        src_buf = inp if geom.direct else phases
+        p = self.packed
+        res_ptr = residual.data_ptr() if residual is not None else 0
+        res_stride = residual.stride(0) if residual is not None else 0
+        self._args = (
+            variant.R, variant.V, src_buf.data_ptr(), out.data_ptr(), out.stride(0), p.cout, t0, t1, block,
+            p.gptr.data_ptr(), p.src.data_ptr(), p.val.data_ptr(), p.bias.data_ptr(), res_ptr, res_stride,
+            self.mask.data_ptr(), relu, threads,
+        )
+        self._conv = kernel_module().conv
+        self._call = self._kernel
+
+    def _kernel(self) -> None:
+        self._conv(*self._args)
+
+    def _torch(self) -> None:
+        g = self.geom
+        shift = g.inp.B - g.padding
+        grid = g.inp.grid(self.inp)
+        hin, win = g.inp.H + 2 * g.padding, g.inp.W + 2 * g.padding
+        x = grid[:, shift : shift + hin, shift : shift + win].permute(3, 0, 1, 2)
+        y = F.conv2d(x, self.weight, self.bias, stride=g.stride)
+        if self.residual is not None:
+            y += g.out.interior(self.residual)
+        if self.relu:
+            y.relu_()
+        g.out.interior(self.out).copy_(y)
+
+    def __call__(self) -> None:
+        self._call()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the weights this variant keeps."""
+        if self.variant.kind == "torch":
+            return dense_nbytes(self.weight, self.weight.shape[0])
+        return self.packed.nbytes
+
+
+def candidate_variants(geom: ConvGeometry, density: float, everything: bool = False) -> list[Variant]:
+    """The variants worth timing for this layer: sparse tiles that fit, grouped, dense, torch.
+
+    Dense variants are skipped where at most a quarter of the weights are left
+    (sparse always wins there) unless ``everything`` (profiles want both times).
+    """
+    t0, t1 = geom.out.valid_range()
+    vectors = max(1, math.ceil((t1 - t0) / VEC))
+    out = []
+    if density > 0:
+        vs = [v for r, v in KERNELS if r == 1 and v <= vectors]
+        out += [Variant("sparse", 1, v) for v in vs[-3:]]
+        if vectors > 64 and geom.inp.N > 1:  # long planes of several images: also cache-sized work items
+            out.append(Variant("sparse", 1, vs[-1], block=2048))
+        if density > 0.1:
+            out.append(Variant("grouped", 4, max(v for r, v in KERNELS if r == 4 and v <= vectors)))
+    else:
+        out.append(Variant("sparse", 1, 1))  # every weight zero: bias (+ residual, ReLU) only
+    if density > 0.25 or everything:
+        out.append(Variant("dense", 8, min(3, vectors)))
+        out.append(Variant("torch"))
+    return out
+
+
+def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1,
+                  padding: int = 0, residual: torch.Tensor | None = None, relu: bool = False,
+                  variant: Variant = Variant("sparse", 1, 4), threads: int = 1) -> torch.Tensor:
+    """``conv2d(x, weight, bias, stride, padding) (+ residual) (ReLU)`` through the kernel, NCHW in and out.
+
+    For tests and one-off use: it builds the layout, packs the weights and runs one
+    variant; the backend keeps all of that prepared between calls instead.
+    """
+    if x.dim() != 4 or weight.dim() != 4 or x.shape[1] != weight.shape[1]:
+        raise PruneBenchError(f"conv2d shapes do not fit: input {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    n, c, h, w = x.shape
+    kh, kw = weight.shape[2:]
+    shift_max = (max(kh, kw) - 1) // stride
+    inp = Act(c, h, w, n, padding)
+    geom = ConvGeometry.make(inp, weight.shape[0], (kh, kw), stride, padding, out_border=max(1, (shift_max + 1) // 2))
+    src = to_act(x.float(), inp)
+    out = geom.out.alloc()
+    res = to_act(residual.float(), geom.out) if residual is not None else None
+    phases = geom.alloc_phases()
+    if phases is not None:
+        geom.fill_phases(src, phases, threads)
+    op = ConvOp(geom, weight, bias, variant, src, out, phases, res, relu, threads)
+    op()
+    return from_act(out, geom.out)

@@ -1,0 +1,469 @@
+"""A model lowered onto the flat layout: BN folded, each conv fused with its ReLU and residual add,
+and for each conv the fastest of its sparse and dense variants, timed on this machine.
+
+``compile_model(model, example, threads)`` traces the BN-folded model with torch.fx and
+walks it once: convolutions (with a following ReLU, or a residual add and then a ReLU)
+become ``ConvOp``s between preallocated buffers; identities are aliases; everything else
+(pooling, flatten, the classifier) runs as the original torch op on ordinary tensors.
+Choices are cached in memory and on disk, keyed by the layer's weights, geometry,
+batch, threads, CPU and kernel build, so a second prepare of the same model is quick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import operator
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from bench.fold import fold_batchnorm
+from bench.kernels import SOURCE, Act, ConvGeometry, ConvOp, Variant, candidate_variants, dense_nbytes, from_act, to_act
+from prune.errors import PruneBenchError
+from prune.platform import cpu_name
+
+
+@dataclasses.dataclass
+class EngineSettings:
+    """How the sparse-direct engine is prepared."""
+
+    chunk: int = 16  # images per pass through the layers when the batch is a larger multiple of it (cache reuse)
+    timing_runs: int = 3  # timed calls per variant when choosing (the fastest counts)
+    use_cache: bool = True  # reuse per-layer choices saved on disk from an earlier prepare
+    cache_dir: str = dataclasses.field(
+        default_factory=lambda: os.environ.get(
+            "PRUNEBENCH_CACHE", str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prunebench")
+        )
+    )
+    force: str | None = None  # "sparse", "dense" or "torch": every conv uses that kind (profiling, tests)
+    time_everything: bool = False  # also time the dense variants of very sparse layers (per-layer profiles)
+
+
+@dataclasses.dataclass
+class LayerRecord:
+    """One convolution as the engine runs it: its shape, sparsity, timings and the variant chosen."""
+
+    name: str  # the conv module's name in the model
+    in_shape: tuple[int, ...]  # (N, C, H, W) of one chunk
+    out_shape: tuple[int, ...]
+    kernel: tuple[int, int]
+    stride: int
+    macs: int  # multiply-accumulates per image, dense
+    sparsity: float  # fraction of zero weights
+    times_ms: dict[str, float]  # variant -> fastest timed call (empty when the choice came from the cache)
+    choice: str
+    fused: str  # what the epilogue does: "", "relu", "add", "add+relu"
+    weight_bytes: int  # of the chosen variant
+    dense_bytes: int
+
+    @property
+    def sparse_ms(self) -> float | None:
+        t = [v for k, v in self.times_ms.items() if k.startswith(("sparse", "grouped"))]
+        return min(t) if t else None
+
+    @property
+    def dense_ms(self) -> float | None:
+        t = [v for k, v in self.times_ms.items() if k.startswith(("dense", "torch"))]
+        return min(t) if t else None
+
+
+def _kind_of(choice: str) -> str:
+    return choice.split("(")[0]
+
+
+@dataclasses.dataclass
+class _ActVal:
+    act: Act
+    buf: torch.Tensor
+
+
+@dataclasses.dataclass
+class _TensorVal:
+    slot: str
+
+
+@dataclasses.dataclass
+class _Pending:
+    """A conv not yet emitted, waiting to absorb a ReLU or a residual add."""
+
+    name: str
+    module: nn.Conv2d
+    inp: _ActVal
+    geom: ConvGeometry
+    residual: _ActVal | None = None
+    relu: bool = False
+
+
+_RELU_FUNCS = (F.relu, torch.relu, torch.relu_)
+_ADD_FUNCS = (operator.add, operator.iadd, torch.add)
+
+
+def _is_relu(node: fx.Node, modules: dict) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], nn.ReLU)
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCS
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _is_add(node: fx.Node) -> bool:
+    if node.op == "call_function" and node.target in _ADD_FUNCS:
+        return len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args)
+    return node.op == "call_method" and node.target in ("add", "add_") and len(node.args) == 2 and not node.kwargs
+
+
+def _supported_conv(m: nn.Module) -> bool:
+    return (
+        isinstance(m, nn.Conv2d)
+        and m.groups == 1
+        and m.dilation == (1, 1)
+        and m.stride[0] == m.stride[1]
+        and isinstance(m.padding, tuple)
+        and m.padding[0] == m.padding[1]
+        and m.padding_mode == "zeros"
+    )
+
+
+def _weights_digest(conv: nn.Conv2d) -> str:
+    h = hashlib.sha1(conv.weight.detach().float().contiguous().numpy().tobytes())
+    if conv.bias is not None:
+        h.update(conv.bias.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class _ChoiceCache:
+    """Per-layer choices on disk (one JSON file), so repeated prepares skip the timing."""
+
+    def __init__(self, settings: EngineSettings):
+        self.enabled = settings.use_cache and settings.force is None and not settings.time_everything
+        self.path = Path(settings.cache_dir) / "sparse_direct_choices.json"
+        self.data: dict[str, str] = {}
+        self.dirty = False
+        if self.enabled and self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.data = {}  # a damaged cache only costs the timing again
+
+    def get(self, key: str) -> str | None:
+        return self.data.get(key) if self.enabled else None
+
+    def put(self, key: str, choice: str) -> None:
+        if self.enabled:
+            self.data[key] = choice
+            self.dirty = True
+
+    def save(self) -> None:
+        if not (self.enabled and self.dirty):
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.data, indent=0, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # an unwritable cache folder only costs the timing next time
+
+
+_KERNEL_DIGEST = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:10]
+
+
+class Engine:
+    """A model compiled for one chunk size: ``run(x)`` for inference, ``features(x)`` for parity tests."""
+
+    def __init__(self, chunk: int, threads: int):
+        self.chunk = chunk
+        self.threads = threads
+        self.steps: list[Callable[[], None]] = []
+        self.slots: dict[str, Any] = {}
+        self.input_slot = ""
+        self.output_slot = ""
+        self.acts: dict[str, _ActVal] = {}  # fx node name -> buffer holding that node's value
+        self.layers: list[LayerRecord] = []
+        self.cache_hits = 0
+
+    def _run_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        self.slots[self.input_slot] = x
+        for step in self.steps:
+            step()
+        return self.slots[self.output_slot]
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n == self.chunk:
+            return self._run_chunk(x).clone()
+        if n % self.chunk:
+            raise PruneBenchError(f"batch of {n} does not split into the engine's chunks of {self.chunk}")
+        return torch.cat([self._run_chunk(x[i : i + self.chunk]).clone() for i in range(0, n, self.chunk)])
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every intermediate activation (fx node name -> NCHW tensor) after running one chunk ``x``."""
+        self._run_chunk(x)
+        return {name: from_act(v.buf, v.act) for name, v in self.acts.items()}
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(r.weight_bytes for r in self.layers)
+
+    @property
+    def dense_bytes(self) -> int:
+        return sum(r.dense_bytes for r in self.layers)
+
+    def choices(self) -> dict[str, str]:
+        return {r.name: r.choice for r in self.layers}
+
+
+def _time_op(op: ConvOp, runs: int) -> float:
+    op()  # warm: first touch of buffers and packed weights
+    best = float("inf")
+    for _ in range(runs):
+        t = time.perf_counter()
+        op()
+        best = min(best, time.perf_counter() - t)
+    return best * 1e3
+
+
+def _warm_up(threads: int) -> None:
+    """Start the kernel's thread pool, so the first layer's timings do not pay for it."""
+    from bench.kernels import sparse_conv2d
+
+    x = torch.ones(1, 16, 8, 8)
+    for _ in range(3):
+        sparse_conv2d(x, torch.ones(16, 16, 3, 3), padding=1, threads=threads)
+
+
+def compile_model(model: nn.Module, example: torch.Tensor, threads: int,
+                  settings: EngineSettings | None = None, progress: Callable[[str], None] | None = None) -> Engine:
+    """Lower ``model`` (eval mode, CPU, fp32) for batches shaped like ``example``.
+
+    ``progress(name)`` is called as each conv is prepared (for a progress bar).
+    """
+    settings = settings or EngineSettings()
+    if example.dim() != 4:
+        raise PruneBenchError(f"sparse-direct runs image models: input of shape {tuple(example.shape)} is not NCHW")
+    n = example.shape[0]
+    chunk = settings.chunk if (settings.chunk and n > settings.chunk and n % settings.chunk == 0) else n
+    torch.set_num_threads(threads)
+    _warm_up(threads)
+    gm = fold_batchnorm(model.cpu().float())
+    modules = dict(gm.named_modules())
+    ShapeProp(gm).propagate(example[:chunk].float())
+    border = max([1] + [m.padding[0] for m in modules.values() if isinstance(m, nn.Conv2d) and _supported_conv(m)])
+    engine = Engine(chunk, threads)
+    cache = _ChoiceCache(settings)
+    env: dict[fx.Node, Any] = {}
+    masks: dict[Act, torch.Tensor] = {}
+    shared_phases: dict[tuple, torch.Tensor] = {}  # one set of phase planes per (input, stride, output pitch)
+
+    def shape_of(node: fx.Node) -> tuple[int, ...]:
+        meta = node.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape"):
+            raise PruneBenchError(f"sparse-direct cannot follow the model at {node.name}: it does not yield a tensor")
+        return tuple(meta.shape)
+
+    def new_slot(name: str) -> str:
+        return f"{name}#{len(engine.slots)}"
+
+    def as_act(node: fx.Node) -> _ActVal:
+        val = materialize(node)
+        if isinstance(val, _ActVal):
+            return val
+        shape = shape_of(node)
+        if len(shape) != 4:
+            raise PruneBenchError(f"sparse-direct: a convolution reads {node.name}, which is not NCHW ({shape})")
+        act = Act(shape[1], shape[2], shape[3], shape[0], border)
+        buf = act.alloc()
+        slot = val.slot
+        engine.steps.append(lambda: to_act(engine.slots[slot], act, buf))
+        out = _ActVal(act, buf)
+        env[node] = out
+        return out
+
+    def as_tensor(node: fx.Node) -> _TensorVal:
+        val = materialize(node)
+        if isinstance(val, _TensorVal):
+            return val
+        slot = new_slot(node.name)
+        act, buf = val.act, val.buf
+
+        def step():
+            engine.slots[slot] = from_act(buf, act)
+
+        engine.steps.append(step)
+        return _TensorVal(slot)
+
+    def materialize(node: fx.Node):
+        val = env[node]
+        if isinstance(val, _Pending):
+            val = emit(val, node)
+            env[node] = val
+        return val
+
+    def emit(p: _Pending, owner: fx.Node) -> _ActVal:
+        conv = p.module
+        geom = p.geom
+        out_act = geom.out
+        out = out_act.alloc()
+        mask = masks.setdefault(out_act, out_act.mask())
+        phases = None
+        if not geom.direct:
+            key_p = (id(p.inp.buf), geom.stride, geom.out.pitch, geom.phase_rows)
+            phases = shared_phases.get(key_p)
+            if phases is None:
+                phases = shared_phases[key_p] = geom.alloc_phases()
+                geom.fill_phases(p.inp.buf, phases, threads)
+                engine.steps.append(lambda g=geom, b=p.inp.buf, ph=phases: g.fill_phases(b, ph, threads))
+        res = p.residual.buf if p.residual is not None else None
+        weight = conv.weight.detach()
+        density = float((weight != 0).float().mean())
+        fused = "+".join(x for x in ("add" if p.residual else "", "relu" if p.relu else "") if x)
+        key = "|".join(
+            str(x) for x in (_weights_digest(conv), geom, fused, threads, cpu_name(), _KERNEL_DIGEST)
+        )
+
+        def make(v: Variant) -> ConvOp:
+            return ConvOp(geom, weight, conv.bias, v, p.inp.buf, out, phases, res, p.relu, threads, mask)
+
+        variants = candidate_variants(geom, density, settings.time_everything)
+        if settings.force:
+            variants = [v for v in variants if v.kind == settings.force] or [
+                Variant("dense", 8, 1) if settings.force == "dense" else Variant(settings.force)
+            ]
+        by_name = {str(v): v for v in variants}
+        times: dict[str, float] = {}
+        cached = cache.get(key)
+        if cached is not None and cached in by_name:
+            chosen = by_name[cached]
+            engine.cache_hits += 1
+        else:
+            for v in variants:
+                times[str(v)] = _time_op(make(v), settings.timing_runs)
+            chosen = by_name[min(times, key=times.get)]
+            cache.put(key, str(chosen))
+        op = make(chosen)
+        engine.steps.append(op)
+        if progress:
+            progress(p.name)
+        kh, kw = geom.kernel
+        macs = out_act.H * out_act.W * conv.out_channels * conv.in_channels * kh * kw
+        engine.layers.append(
+            LayerRecord(
+                name=p.name,
+                in_shape=(geom.inp.N, geom.inp.C, geom.inp.H, geom.inp.W),
+                out_shape=(out_act.N, out_act.C, out_act.H, out_act.W),
+                kernel=(kh, kw),
+                stride=geom.stride,
+                macs=macs,
+                sparsity=1.0 - density,
+                times_ms=times,
+                choice=str(chosen),
+                fused=fused,
+                weight_bytes=op.nbytes,
+                dense_bytes=dense_nbytes(weight, conv.out_channels),
+            )
+        )
+        val = _ActVal(out_act, out)
+        engine.acts[owner.name] = val
+        return val
+
+    def torch_step(node: fx.Node) -> _TensorVal:
+        """Run ``node`` as its torch op on ordinary tensors."""
+        slot = new_slot(node.name)
+
+        def load(a):
+            return engine.slots[env_tensor[a].slot] if isinstance(a, fx.Node) else a
+
+        env_tensor = {a: as_tensor(a) for a in node.all_input_nodes}
+        args, kwargs = node.args, node.kwargs
+        if node.op == "call_module":
+            fn = modules[node.target]
+        elif node.op == "call_function":
+            fn = node.target
+        elif node.op == "call_method":
+            fn = getattr(torch.Tensor, node.target)
+        else:
+            raise PruneBenchError(f"sparse-direct cannot run fx node {node.name} ({node.op})")
+
+        def step():
+            a = fx.node.map_arg(args, load)
+            k = fx.node.map_arg(kwargs, load)
+            engine.slots[slot] = fn(*a, **k)
+
+        engine.steps.append(step)
+        return _TensorVal(slot)
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if engine.input_slot:
+                raise PruneBenchError("sparse-direct runs models with one input")
+            engine.input_slot = node.name
+            env[node] = _TensorVal(node.name)
+        elif node.op == "output":
+            (result,) = node.args if isinstance(node.args[0], fx.Node) else (None,)
+            if result is None:
+                raise PruneBenchError("sparse-direct runs models with one tensor output")
+            engine.output_slot = as_tensor(result).slot
+        elif node.op == "call_module" and _supported_conv(modules[node.target]):
+            conv = modules[node.target]
+            inp = as_act(node.args[0])
+            geom = ConvGeometry.make(inp.act, conv.out_channels, conv.kernel_size, conv.stride[0], conv.padding[0], border)
+            pending = _Pending(node.target, conv, inp, geom)
+            env[node] = pending
+            if len(node.users) != 1:
+                materialize(node)
+        elif node.op == "call_module" and isinstance(modules[node.target], (nn.Identity, nn.Dropout)):
+            env[node] = materialize(node.args[0])
+            if isinstance(env[node], _ActVal):
+                engine.acts.setdefault(node.name, env[node])
+        elif _is_relu(node, modules) and isinstance(env.get(node.args[0]), _Pending) and not env[node.args[0]].relu:
+            pending = env[node.args[0]]
+            pending.relu = True
+            env[node] = pending
+            env[node.args[0]] = None  # absorbed
+            materialize(node)
+        elif _is_relu(node, modules) and isinstance(env.get(node.args[0]), _ActVal):
+            src = env[node.args[0]]
+            out = src.act.alloc()
+            engine.steps.append(lambda s=src.buf, o=out: torch.clamp_min(s, 0.0, out=o))
+            env[node] = _ActVal(src.act, out)
+            engine.acts[node.name] = env[node]
+        elif _is_add(node):
+            a, b = node.args
+            fused = False
+            for conv_node, other in ((a, b), (b, a)):
+                p = env.get(conv_node)
+                if not (isinstance(p, _Pending) and p.residual is None and not p.relu and len(conv_node.users) == 1):
+                    continue
+                if len(shape_of(other)) != 4 or shape_of(other)[1:] != (p.geom.out.C, p.geom.out.H, p.geom.out.W):
+                    continue
+                p.residual = as_act(other)
+                env[node] = p
+                env[conv_node] = None  # absorbed
+                users = list(node.users)
+                if not (len(users) == 1 and _is_relu(users[0], modules)):
+                    materialize(node)
+                fused = True
+                break
+            if not fused:
+                va, vb = materialize(a), materialize(b)
+                if isinstance(va, _ActVal) and isinstance(vb, _ActVal) and va.act == vb.act:
+                    out = va.act.alloc()
+                    engine.steps.append(lambda x=va.buf, y=vb.buf, o=out: torch.add(x, y, out=o))
+                    env[node] = _ActVal(va.act, out)
+                    engine.acts[node.name] = env[node]
+                else:
+                    env[node] = torch_step(node)
+        else:
+            for a in node.all_input_nodes:
+                materialize(a)
+            env[node] = torch_step(node)
+    cache.save()
+    return engine
