@@ -250,16 +250,19 @@ def file_sha256(path: Path) -> str:
 class Results:
     """``results.json`` in the study folder, rendered to CSV and Markdown after every change."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, force: bool = False):
         self.folder = folder
         self.path = folder / RESULTS
         self.data: dict = {"study": None, "rows": []}
         if self.path.exists():
             try:
-                self.data = json.loads(self.path.read_text(encoding="utf-8"))
-                assert isinstance(self.data.get("rows"), list)
-            except (ValueError, AssertionError, AttributeError):
-                raise PruneBenchError(f"{self.path} is not a results file of this study: move it away or pass --force") from None
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+                    raise ValueError("no rows")
+                self.data = data
+            except (ValueError, OSError):
+                if not force:  # with --force the table starts afresh
+                    raise PruneBenchError(f"{self.path} is not a results file of this study: move it away or pass --force") from None
 
     @property
     def rows(self) -> list[dict]:
@@ -405,7 +408,7 @@ def run_study(
         raise PruneBenchError(f"--out {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     (out / "reports").mkdir(exist_ok=True)
-    results = Results(out)  # read early: a broken results file stops the run before any work
+    results = Results(out, study.force)  # read early: a broken results file stops the run before any work
 
     data = load_data(data_settings)
     data.require_train()

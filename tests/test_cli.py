@@ -50,6 +50,8 @@ def test_the_module_entry_point_prints_one_line_and_exits_2(tmp_path):
 def bad_inputs(tmp_path, base_checkpoint):
     (tmp_path / "corrupt.pt").write_bytes(b"definitely not a zip or a pickle")
     (tmp_path / "exists.pt").write_bytes(b"x")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{not json")
     ck, out = str(base_checkpoint), str(tmp_path / "out.pt")
     return {
         "missing data folder": (["evaluate", ck, "--dataset", "cifar10", "--data-root", tmp_path / "nowhere"], "cifar-10-batches-py/"),
@@ -71,6 +73,8 @@ def bad_inputs(tmp_path, base_checkpoint):
         "missing --out": (["prune", ck], "--out"),
         "unpaired epochs": (["study", "--epochs", "3", "5", "--rounds", "3", "--out", tmp_path / "s"], "pair"),
         "unknown case": (["study", "--cases", "everything", "--out", tmp_path / "s"], "cannot read case"),
+        "broken results file": (["study", "--out", tmp_path / "broken"], "not a results file"),
+        "study out is a file": (["study", "--out", tmp_path / "exists.pt"], "is a file"),
         "training on samples": (["train", "--dataset", "cifar10-samples", "--out", out], "evaluation only"),
     }
 
