@@ -60,23 +60,20 @@ class Profile:
         return dense, sparse, chosen
 
 
-def load_model(spec: str) -> tuple[torch.nn.Module, str]:
-    """The model named by ``spec`` (a checkpoint path or ``synthetic:S``) and a label for it."""
+def model_spec(text: str):
+    """The ``bench.models.ModelSpec`` named by ``text``: a checkpoint path or ``synthetic:S``."""
     from bench import models as bench_models
 
-    if spec.startswith("synthetic:"):
-        text = spec.split(":", 1)[1]
+    if text.startswith("synthetic:"):
+        value = text.split(":", 1)[1]
         try:
-            sparsity = float(text)
+            sparsity = float(value)
         except ValueError:
-            raise PruneBenchError(f"synthetic:{text}: the sparsity must be a number in [0, 1), e.g. synthetic:0.9") from None
+            raise PruneBenchError(f"synthetic:{value}: the sparsity must be a number in [0, 1), e.g. synthetic:0.9") from None
         if not 0.0 <= sparsity < 1.0:
-            raise PruneBenchError(f"synthetic:{text}: the sparsity must be in [0, 1)")
-        (model_spec,) = bench_models.synthetic_specs([sparsity])
-    else:
-        (model_spec,) = bench_models.checkpoint_specs(spec)
-    loaded = bench_models.load(model_spec)
-    return loaded.model, model_spec.id
+            raise PruneBenchError(f"synthetic:{value}: the sparsity must be in [0, 1)")
+        return bench_models.synthetic_specs([sparsity])[0]
+    return bench_models.checkpoint_specs(text)[0]
 
 
 def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progress: bool = True) -> Profile:
@@ -187,13 +184,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work(_argv) -> int:
         from prune.checkpoint import check_writable
 
+        from bench import models as bench_models
+
         settings = settings_from_args(ProfileSettings, args)
-        model, label = load_model(args.model)
+        spec = model_spec(args.model)
         targets = None
-        if args.out:
-            stem = Path(args.out) / f"layers-{label}-bs{settings.batch_size}"
+        if args.out:  # refuse before the slow part
+            stem = Path(args.out) / f"layers-{spec.id}-bs{settings.batch_size}"
             targets = (check_writable(stem.with_suffix(".md"), args.force), check_writable(stem.with_suffix(".png"), args.force))
-        result = profile(model, label, settings)
+        model = bench_models.load(spec).model
+        result = profile(model, spec.id, settings)
         table = format_table(result)
         print(table)
         if targets:

@@ -289,7 +289,7 @@ class ConvOp:
 
     def __init__(self, geom: ConvGeometry, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant,
                  inp: torch.Tensor, out: torch.Tensor, phases: torch.Tensor | None, residual: torch.Tensor | None,
-                 relu: bool, threads: int, mask: torch.Tensor | None = None):
+                 relu: bool, threads: int, mask: torch.Tensor | None = None, packed: PackedWeights | None = None):
         self.geom, self.variant, self.relu, self.threads = geom, variant, relu, threads
         self.inp, self.out, self.phases, self.residual = inp, out, phases, residual
         self.weight = weight.detach().float().contiguous()
@@ -299,7 +299,9 @@ class ConvOp:
             return
         self.mask = geom.out.mask() if mask is None else mask
         dense = variant.kind == "dense"
-        self.packed = PackedWeights.pack(self.weight, self.bias, geom.tap_offsets(), variant.R, dense=dense)
+        if packed is None or packed.R != variant.R:
+            packed = PackedWeights.pack(self.weight, self.bias, geom.tap_offsets(), variant.R, dense=dense)
+        self.packed = packed
         t0, t1 = geom.out.valid_range()
         block = variant.block or (t1 - t0)
         src_buf = inp if geom.direct else phases

@@ -26,7 +26,18 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from bench.fold import fold_batchnorm
-from bench.kernels import SOURCE, Act, ConvGeometry, ConvOp, Variant, candidate_variants, dense_nbytes, from_act, to_act
+from bench.kernels import (
+    SOURCE,
+    Act,
+    ConvGeometry,
+    ConvOp,
+    PackedWeights,
+    Variant,
+    candidate_variants,
+    dense_nbytes,
+    from_act,
+    to_act,
+)
 from prune.errors import PruneBenchError
 from prune.platform import cpu_name
 
@@ -329,8 +340,17 @@ def compile_model(model: nn.Module, example: torch.Tensor, threads: int,
             str(x) for x in (_weights_digest(conv), geom, fused, threads, cpu_name(), _KERNEL_DIGEST)
         )
 
+        packs: dict[tuple[str, int], PackedWeights] = {}  # variants differing only in tiling share their weights
+        offsets = geom.tap_offsets()
+
         def make(v: Variant) -> ConvOp:
-            return ConvOp(geom, weight, conv.bias, v, p.inp.buf, out, phases, res, p.relu, threads, mask)
+            packed = None
+            if v.kind != "torch":
+                key_w = (v.kind == "dense", v.R)
+                if key_w not in packs:
+                    packs[key_w] = PackedWeights.pack(weight, conv.bias, offsets, v.R, dense=v.kind == "dense")
+                packed = packs[key_w]
+            return ConvOp(geom, weight, conv.bias, v, p.inp.buf, out, phases, res, p.relu, threads, mask, packed)
 
         variants = candidate_variants(geom, density, settings.time_everything)
         if settings.force:

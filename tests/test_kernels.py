@@ -1,0 +1,147 @@
+"""The sparse direct convolution kernel against hand-computed values and torch's conv2d."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench import kernels as K
+from bench.kernels import KERNELS, Act, ConvGeometry, PackedWeights, Variant, from_act, sparse_conv2d, to_act
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    reason = K.unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+VARIANTS = [Variant("sparse" if r == 1 else "grouped", r, v) for r, v in KERNELS] + [
+    Variant("dense", 8, 2),
+    Variant("dense", 4, 1),
+    Variant("sparse", 1, 4, block=32),
+    Variant("torch"),
+]
+
+
+def test_layout_round_trip_keeps_border_zero():
+    x = torch.randn(3, 2, 4, 5)
+    act = Act(2, 4, 5, 3, 1)
+    buf = to_act(x, act)
+    assert torch.equal(from_act(buf, act), x)
+    grid = act.grid(buf)
+    assert grid[:, 0].abs().sum() == 0 and grid[:, -1].abs().sum() == 0
+    assert grid[:, :, 0].abs().sum() == 0 and grid[:, :, -1].abs().sum() == 0
+    assert buf[:, act.plane_len :].abs().sum() == 0
+    # the mask is 1 exactly on image elements
+    assert int(act.mask().sum()) == 4 * 5 * 3
+
+
+def test_single_centre_weight_scales_the_image():
+    x = torch.arange(9.0).view(1, 1, 3, 3)
+    w = torch.zeros(1, 1, 3, 3)
+    w[0, 0, 1, 1] = 2.0
+    y = sparse_conv2d(x, w, torch.tensor([1.0]), padding=1)
+    assert torch.equal(y, 2 * x + 1)
+
+
+def test_corner_tap_shifts_the_image():
+    # out[y, x] = in[y - 1, x - 1] (zero outside): the top-left tap of a padded 3x3
+    x = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
+    w = torch.zeros(1, 1, 3, 3)
+    w[0, 0, 0, 0] = 1.0
+    y = sparse_conv2d(x, w, padding=1)
+    expected = torch.tensor([[0.0, 0, 0], [0, 1, 2], [0, 4, 5]]).view(1, 1, 3, 3)
+    assert torch.equal(y, expected)
+
+
+def test_two_channels_stride_two_by_hand():
+    # channel 0 weighted 1 at the centre, channel 1 weighted -1 at the right tap; stride 2 picks even positions
+    x = torch.stack([torch.arange(16.0).view(4, 4), torch.full((4, 4), 10.0)]).unsqueeze(0)
+    w = torch.zeros(1, 2, 3, 3)
+    w[0, 0, 1, 1] = 1.0
+    w[0, 1, 1, 2] = -1.0
+    y = sparse_conv2d(x, w, stride=2, padding=1)
+    # out[i, j] = x0[2i, 2j] - x1[2i, 2j + 1]
+    expected = torch.tensor([[0.0 - 10, 2 - 10], [8 - 10, 10 - 10]]).view(1, 1, 2, 2)
+    assert torch.equal(y, expected)
+
+
+def test_fully_pruned_layer_gives_bias_residual_relu():
+    x = torch.randn(2, 3, 5, 5)
+    w = torch.zeros(4, 3, 3, 3)
+    b = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    res = torch.randn(2, 4, 5, 5)
+    y = sparse_conv2d(x, w, b, padding=1, residual=res, relu=True)
+    assert torch.equal(y, (res + b.view(1, 4, 1, 1)).relu())
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_every_variant_matches_conv2d(variant):
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 9, 7)
+    w = torch.randn(11, 5, 3, 3) * (torch.rand(11, 5, 3, 3) > 0.6)
+    w[3] = 0  # an output channel with no weights
+    b = torch.randn(11)
+    res = torch.randn(2, 11, 9, 7)
+    y = sparse_conv2d(x, w, b, stride=1, padding=1, residual=res, relu=True, variant=variant)
+    torch.testing.assert_close(y, (F.conv2d(x, w, b, padding=1) + res).relu(), atol=1e-5, rtol=1e-5)
+
+
+def test_threads_do_not_change_the_result():
+    torch.manual_seed(1)
+    x = torch.randn(3, 8, 6, 6)
+    w = torch.randn(16, 8, 3, 3) * (torch.rand(16, 8, 3, 3) > 0.8)
+    one = sparse_conv2d(x, w, stride=2, padding=1, threads=1)
+    two = sparse_conv2d(x, w, stride=2, padding=1, threads=2)
+    assert torch.equal(one, two)
+
+
+def test_packed_weights_keep_only_nonzeros():
+    torch.manual_seed(2)
+    w = torch.randn(64, 32, 3, 3) * (torch.rand(64, 32, 3, 3) > 0.9)
+    geom = ConvGeometry.make(Act(32, 8, 8, 1, 1), 64, (3, 3), 1, 1, 1)
+    packed = PackedWeights.pack(w, None, geom.tap_offsets(), 1)
+    assert packed.src.numel() == int((w != 0).sum())
+    assert sorted(packed.val.flatten().tolist()) == sorted(w[w != 0].tolist())
+    assert packed.nbytes < K.dense_nbytes(w, 64) / 4
+    dense = PackedWeights.pack(w, None, geom.tap_offsets(), 8, dense=True)
+    assert dense.src.numel() == 32 * 9 * 8  # every (input channel, tap) once per group of 8
+
+
+def test_padding_larger_than_border_is_refused():
+    with pytest.raises(K.PruneBenchError, match="border"):
+        ConvGeometry.make(Act(3, 8, 8, 1, 1), 4, (5, 5), 1, 2, 1)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 3),
+    cin=st.integers(1, 6),
+    cout=st.integers(1, 9),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    k=st.sampled_from([1, 2, 3, 5]),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 2),
+    sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]),
+    variant=st.sampled_from(VARIANTS),
+    relu=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_conv2d_on_random_shapes(n, cin, cout, h, w, k, stride, padding, sparsity, variant, relu, seed):
+    if h + 2 * padding < k or w + 2 * padding < k:
+        return  # no output position: conv2d refuses these too
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, h, w, generator=g)
+    weight = torch.randn(cout, cin, k, k, generator=g)
+    weight = weight * (torch.rand(cout, cin, k, k, generator=g) >= sparsity)
+    bias = torch.randn(cout, generator=g)
+    expected = F.conv2d(x, weight, bias, stride=stride, padding=padding)
+    if relu:
+        expected = expected.relu()
+    got = sparse_conv2d(x, weight, bias, stride=stride, padding=padding, relu=relu, variant=variant)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,51 @@
+"""The per-layer profile: its arithmetic, its table and plot, and the command line."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import kernels as K
+from bench import layers
+from bench.kernels.engine import LayerRecord
+
+
+def _record(name, macs, sparsity, dense, sparse, choice):
+    times = {"dense(R=8,V=3)": dense, "sparse(R=1,V=4)": sparse}
+    return LayerRecord(name, (1, 8, 4, 4), (1, 8, 4, 4), (3, 3), 1, macs, sparsity, times, choice, "relu", 100, 400)
+
+
+def test_profile_arithmetic_by_hand():
+    p = layers.Profile("m", 1, 2, 1, [
+        _record("a", 100, 0.5, 2.0, 3.0, "dense(R=8,V=3)"),
+        _record("b", 300, 0.9, 4.0, 1.0, "sparse(R=1,V=4)"),
+    ])
+    assert p.mac_sparsity == pytest.approx((50 + 270) / 400)
+    assert p.limit == pytest.approx(5.0)
+    assert p.totals() == (6.0, 4.0, 3.0)
+    table = layers.format_table(p)
+    assert "| b | 8x4x4 -> 8x4x4 | 3x3/1 | 300 | 90.0% | 4.000 | 1.000 | sparse(R=1,V=4) | 4.00x |" in table
+    assert "at most 5.00x" in table and "2.00x over the best dense" in table
+
+
+def test_cli_writes_table_and_plot_and_refuses_to_overwrite(tmp_path, capsys):
+    reason = K.unavailable()
+    if reason:
+        pytest.skip(reason)
+    argv = ["synthetic:0.9", "--batch-size", "1", "--threads", "1", "--timing-runs", "1", "-o", str(tmp_path)]
+    assert layers.main(argv) == 0
+    table = (tmp_path / "layers-synthetic-s90-bs1.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith(("| conv1 ", "| layer1.", "| layer2.", "| layer3.", "| layer4."))]
+    assert len(rows) == 20  # the stem, 16 block convs and 3 shortcuts
+    assert "MAC-weighted sparsity of the convolutions" in table
+    assert (tmp_path / "layers-synthetic-s90-bs1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "layer4.1.conv2" in capsys.readouterr().out
+    assert layers.main(argv) == 2
+    assert "exists: pass --force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec, message", [("synthetic:abc", "must be a number"), ("synthetic:1.5", "in [0, 1)"),
+                                           ("missing.pt", "no checkpoint")])
+def test_cli_one_line_errors(spec, message, capsys):
+    assert layers.main([spec]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1

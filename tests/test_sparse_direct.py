@@ -1,0 +1,189 @@
+"""The sparse-direct engine and backend: same outputs and intermediate activations as dense PyTorch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import fx, nn
+from torchvision.models.resnet import BasicBlock
+
+from bench import kernels as K
+from bench.backends import get_backend
+from bench.fold import fold_batchnorm
+from bench.kernels.engine import EngineSettings, compile_model
+from prune.errors import PruneBenchError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    reason = K.unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+class TinyResNet(nn.Module):
+    """Stem, an identity block and a strided block with a 1x1 shortcut, pool, fc: ResNet-18's parts, small."""
+
+    def __init__(self, groups: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = BasicBlock(8, 8)
+        shortcut = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16))
+        self.layer2 = BasicBlock(8, 16, stride=2, downsample=shortcut)
+        self.extra = nn.Conv2d(16, 16, 3, padding=1, groups=groups)  # groups > 1: not ours, runs as torch
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x)))))
+        return self.fc(torch.flatten(self.pool(torch.relu(self.extra(x))), 1))
+
+
+def tiny_model(seed: int = 0, groups: int = 1) -> nn.Module:
+    """Random weights and BN statistics; one conv 100% sparse, one dense, the rest pruned 50-95% at random."""
+    g = torch.Generator().manual_seed(seed)
+    model = TinyResNet(groups)
+    sparsity = {"conv1": 0.5, "layer1.conv1": 1.0, "layer1.conv2": 0.0, "layer2.conv1": 0.9, "layer2.conv2": 0.95,
+                "layer2.downsample.0": 0.0, "extra": 0.5}
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(torch.rand(m.weight.shape, generator=g) >= sparsity[name])
+    return model.eval()
+
+
+def node_values(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every fx node's value when the BN-folded model runs ``x`` (the reference for intermediates)."""
+    gm = fold_batchnorm(model)
+    values = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor):
+                values[n.name] = out.detach().clone()
+            return out
+
+    with torch.no_grad():
+        Recorder(gm).run(x)
+    return values
+
+
+def no_cache(**kw) -> EngineSettings:
+    return EngineSettings(use_cache=False, timing_runs=1, **kw)
+
+
+@pytest.mark.parametrize("force", [None, "sparse", "dense", "torch"])
+def test_outputs_and_every_intermediate_match(force):
+    model = tiny_model()
+    engine = compile_model(model, torch.randn(2, 3, 12, 12), threads=2, settings=no_cache(force=force))
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(5))  # fresh, not the example
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(engine.run(x), expected, atol=1e-5, rtol=1e-5)
+    reference = node_values(model, x)
+    features = engine.features(x)
+    # the stem, both blocks' fused outputs and the shortcut: every conv output is checked
+    assert len(features) >= 6
+    for name, value in features.items():
+        torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=1e-5, msg=f"activation {name}")
+    if force:
+        assert all(c.startswith(force) for c in engine.choices().values())
+
+
+def test_outputs_depend_on_the_input():
+    model = tiny_model(seed=3)
+    engine = compile_model(model, torch.randn(4, 3, 12, 12), threads=1, settings=no_cache())
+    y = engine.run(torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(9)))
+    assert (y.std(0) > 1e-4).all()
+
+
+def test_fused_epilogues_and_choices_cover_every_conv():
+    engine = compile_model(tiny_model(), torch.randn(1, 3, 12, 12), threads=1, settings=no_cache())
+    fused = {r.name: r.fused for r in engine.layers}
+    assert fused == {
+        "conv1": "relu",
+        "layer1.conv1": "relu",
+        "layer1.conv2": "add+relu",
+        "layer2.conv1": "relu",
+        "layer2.downsample.0": "",
+        "layer2.conv2": "add+relu",
+        "extra": "relu",  # torch.relu (a function, not a module) fuses too
+    }
+    sparsity = {r.name: r.sparsity for r in engine.layers}
+    assert sparsity["layer1.conv1"] == 1.0 and sparsity["layer1.conv2"] == 0.0
+    assert all(r.times_ms and r.choice in r.times_ms for r in engine.layers)
+
+
+def test_grouped_conv_runs_as_torch_op():
+    model = tiny_model(seed=6, groups=2)
+    x = torch.randn(2, 3, 12, 12)
+    engine = compile_model(model, x, threads=1, settings=no_cache())
+    assert "extra" not in engine.choices()
+    with torch.no_grad():
+        torch.testing.assert_close(engine.run(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_batch_runs_in_chunks():
+    model = tiny_model(seed=1)
+    x = torch.randn(32, 3, 8, 8)
+    engine = compile_model(model, x, threads=2, settings=no_cache(chunk=16))
+    assert engine.chunk == 16
+    with torch.no_grad():
+        torch.testing.assert_close(engine.run(x), model(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(PruneBenchError, match="chunks of 16"):
+        engine.run(x[:24])
+
+
+def test_choices_are_cached_on_disk(tmp_path):
+    model = tiny_model(seed=2)
+    example = torch.randn(1, 3, 12, 12)
+    settings = EngineSettings(timing_runs=1, cache_dir=str(tmp_path))
+    first = compile_model(model, example, threads=1, settings=settings)
+    assert first.cache_hits == 0 and (tmp_path / "sparse_direct_choices.json").exists()
+    second = compile_model(model, example, threads=1, settings=settings)
+    assert second.cache_hits == len(second.layers) == 7
+    assert second.choices() == first.choices()
+    other_batch = compile_model(model, torch.randn(2, 3, 12, 12), threads=1, settings=settings)
+    assert other_batch.cache_hits == 0  # keyed by batch size too
+
+
+def test_backend_prepare_reports_choices_and_bytes(monkeypatch, tmp_path):
+    monkeypatch.setenv("PRUNEBENCH_CACHE", str(tmp_path))
+    backend = get_backend("sparse-direct")
+    assert backend.unavailable("cpu") is None
+    assert backend.unavailable("cuda")
+    model = tiny_model(seed=4)
+    prepared = backend.prepare(model, torch.randn(2, 3, 12, 12), "cpu", 1)
+    with torch.no_grad():
+        torch.testing.assert_close(prepared.to_torch(prepared.run(prepared.inputs)), model(prepared.inputs),
+                                   atol=backend.atol, rtol=backend.rtol)
+    info = prepared.info
+    assert set(info["layer_choices"]) == {"conv1", "layer1.conv1", "layer1.conv2", "layer2.conv1",
+                                          "layer2.downsample.0", "layer2.conv2", "extra"}
+    assert sum(info["layer_kinds"].values()) == 7
+    assert 0 < info["weight_bytes"] and info["dense_weight_bytes"] > 0
+
+
+def test_pruned_resnet18_at_95_percent_matches_in_every_layer():
+    from bench.models import synthetic_resnet18
+
+    model = synthetic_resnet18(0.95)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+    engine = compile_model(model, x, threads=2, settings=no_cache(force="sparse"))
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(engine.run(x), expected, atol=1e-4, rtol=1e-4)
+    assert (expected[0] - expected[1]).abs().max() > 1e-3  # fc is not empty: the logits see the input
+    reference = node_values(model, x)
+    features = engine.features(x)
+    assert len(features) >= 17  # stem, 8 blocks x 2 convs, with the shortcuts fused or separate
+    for name, value in features.items():
+        torch.testing.assert_close(value, reference[name], atol=1e-4, rtol=1e-4, msg=f"activation {name}")
