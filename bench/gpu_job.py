@@ -149,8 +149,11 @@ def latency_tables(rows: list[dict]) -> str:
         models = sorted({r["model"] for r in subset})
         backends = list(dict.fromkeys(r["backend"] for r in subset))
         cell = {(r["backend"], r["model"]): r for r in subset}
+        rounds = [r["rounds"] for r in subset]
         out += [
             f"### {device}, batch {batch}: median ms per batch (speedup over {REFERENCE})",
+            "",
+            f"Timed rounds per case: {min(rounds)} to {max(rounds)}.",
             "",
             "| backend | " + " | ".join(models) + " |",
             "|---|" + "---:|" * len(models),
@@ -290,7 +293,7 @@ def write_summary(out: str | Path, bench_json: list[str], study_folder: str | No
     parts = [
         "# GPU job: bench on CUDA and the pruning study",
         "",
-        f"Card: {env.get('gpu')}; capability {env.get('capability')}; cuSPARSELt {env.get('cusparselt')}; "
+        f"Card: {env.get('gpu') or 'no GPU'}; capability {env.get('capability')}; cuSPARSELt {env.get('cusparselt')}; "
         f"torch {env.get('torch')}, torchvision {env.get('torchvision')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}; "
         f"Python {env.get('python')}; {env.get('date')}.",
         f"Command: `{command}`" if command else "",

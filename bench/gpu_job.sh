@@ -17,7 +17,8 @@
 # (onnxruntime-gpu is not carried: its CUDA provider needs CUDA 12 libraries and the image has CUDA 13, so the
 # onnxruntime CUDA cases are left out of this job.)
 #
-# The device call (about 9 minutes; each phase has its own time limit, so partial results still come back):
+# The device call (about 8 minutes of run plus the machine's start; each phase has its own time limit, so
+# partial results still come back):
 #   run(command="bash bench/gpu_job.sh", carry=["data/fashion-mnist"], timeout_s=600)
 # A dry run on the CPU, tiny (a few minutes on 2 cores):
 #   GPU_JOB_TINY=1 OUT=/tmp/gpu_job_out bash bench/gpu_job.sh
@@ -84,8 +85,8 @@ else
     STUDY_ARGS=(--base-epochs "${STUDY_BASE_EPOCHS:-8}" --train-limit "${STUDY_TRAIN_LIMIT:-0}" --epochs $E --rounds $R
         --cases "50perc_oneshot${E1}" "50perc_oneshot${E1}_2-4" "50perc_oneshot${E2}" "50perc_oneshot${E2}_2-4" grid
         "75perc_oneshot${E2}_2-4" --eval-batch-size 1000)
-    STUDY_BUDGET_S=${STUDY_BUDGET_S:-270}
-    BENCH_BUDGET_S=${BENCH_BUDGET_S:-170}
+    STUDY_BUDGET_S=${STUDY_BUDGET_S:-240}
+    BENCH_BUDGET_S=${BENCH_BUDGET_S:-150}
 fi
 QUICK=$([ "${BENCH_QUICK:-1}" = 1 ] && echo --bench-quick || echo "")
 

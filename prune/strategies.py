@@ -8,6 +8,8 @@ layers of the mask), so a strategy can be driven by the arithmetic in
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
@@ -104,7 +106,12 @@ class SemiStructured24:
 
     name = "2:4"
 
-    def __init__(self, layers=None, filter_fn=None, rest="magnitude"):
+    def __init__(
+        self,
+        layers: list[str] | None = None,
+        filter_fn: Callable[[nn.Module, str], bool] | None = None,
+        rest: str | Callable[[dict[str, nn.Module], Mask, int], Mask] | None = "magnitude",
+    ):
         if layers is not None and filter_fn is not None:
             raise PruneBenchError("give the 2:4 strategy either layer names or a filter_fn, not both")
         self.layer_names = None if layers is None else list(layers)
