@@ -145,3 +145,12 @@ def test_matches_conv2d_on_random_shapes(n, cin, cout, h, w, k, stride, padding,
         expected = expected.relu()
     got = sparse_conv2d(x, weight, bias, stride=stride, padding=padding, relu=relu, variant=variant)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n, c, hw", [(1, 64, 32), (1, 512, 4), (16, 64, 32), (16, 512, 4), (3, 5, 2)])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.5, 1.0])
+def test_candidates_are_all_compiled(n, c, hw, density):
+    geom = ConvGeometry.make(Act(c, hw, hw, n, 1), c, (3, 3), 1, 1, 1)
+    variants = K.candidate_variants(geom, density, everything=True)
+    assert variants and all(v.kind == "torch" or (v.R, v.V) in KERNELS for v in variants)
+    assert any(v.kind in ("dense", "torch") for v in variants)

@@ -36,7 +36,7 @@ SOURCE = Path(__file__).with_name("sparse_conv.cpp")
 VEC = 16  # floats per vector register (AVX-512); also the layout's alignment unit
 # (R, V) pairs compiled into the extension: R output channels share a pattern, V vectors per tile
 KERNELS = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 8), (1, 12), (1, 16), (4, 1), (4, 2), (4, 4), (8, 1), (8, 2), (8, 3))
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-std=c++17"]
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]  # no -ffast-math: it splits FMAs apart
 
 
 def _round_up(x: int, m: int) -> int:
@@ -231,6 +231,20 @@ class PackedWeights:
     val: torch.Tensor  # (entries, R) float32: the R weights of each entry (zeros where a channel has none)
     bias: torch.Tensor  # (Cout,) float32
     cout: int
+    ci: torch.Tensor  # (entries,) int32: input channel of each entry (to split the work into channel chunks)
+
+    def chunk_pointers(self, cin: int, chunk: int) -> tuple[torch.Tensor, int]:
+        """(groups, chunks + 1) int64 entry pointers for input-channel chunks of ``chunk`` channels, and the count."""
+        groups = self.gptr.numel() - 1
+        chunk = chunk or cin
+        nchunks = -(-cin // chunk)
+        group_of = torch.repeat_interleave(torch.arange(groups), self.gptr.diff())
+        key = group_of * nchunks + self.ci.long() // chunk
+        counts = torch.bincount(key, minlength=groups * nchunks).view(groups, nchunks)
+        ptr = torch.zeros(groups, nchunks + 1, dtype=torch.int64)
+        ptr[:, 1:] = counts.cumsum(1)
+        ptr += self.gptr[:-1].view(-1, 1)
+        return ptr.contiguous(), nchunks
 
     @classmethod
     def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, R: int, dense: bool = False):
@@ -249,11 +263,13 @@ class PackedWeights:
         src = offsets.reshape(1, k).expand(groups, k)[keep].to(torch.int32).contiguous()
         val = w.permute(0, 2, 1)[keep].contiguous()
         b = torch.zeros(cout) if bias is None else bias.detach().float().clone()
-        return cls(R, gptr, src, val, b.contiguous(), cout)
+        taps = k // weight.shape[1]
+        ci = (torch.arange(k, dtype=torch.int32) // taps).expand(groups, k)[keep].contiguous()
+        return cls(R, gptr, src, val, b.contiguous(), cout, ci)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the packed weights (offsets, values, group pointers, bias)."""
+        """Bytes of the packed weights (offsets, values, group pointers, bias) as the kernel reads them."""
         return sum(t.numel() * t.element_size() for t in (self.gptr, self.src, self.val, self.bias))
 
 
@@ -272,11 +288,13 @@ class Variant:
     R: int = 1
     V: int = 1
     block: int = 0  # flat elements per work item (0: the whole plane)
+    chunk: int = 0  # input channels per pass (0: all), so a pass's input planes stay in cache
 
     def __str__(self) -> str:
         if self.kind == "torch":
             return "torch"
-        return f"{self.kind}(R={self.R},V={self.V}" + (f",block={self.block})" if self.block else ")")
+        extra = (f",block={self.block}" if self.block else "") + (f",chunk={self.chunk}" if self.chunk else "")
+        return f"{self.kind}(R={self.R},V={self.V}{extra})"
 
 
 class ConvOp:
@@ -298,19 +316,18 @@ class ConvOp:
             self._call = self._torch
             return
         self.mask = geom.out.mask() if mask is None else mask
-        dense = variant.kind == "dense"
-        if packed is None or packed.R != variant.R:
-            packed = PackedWeights.pack(self.weight, self.bias, geom.tap_offsets(), variant.R, dense=dense)
-        self.packed = packed
         t0, t1 = geom.out.valid_range()
         block = variant.block or (t1 - t0)
         src_buf = inp if geom.direct else phases
-        p = self.packed
         res_ptr = residual.data_ptr() if residual is not None else 0
         res_stride = residual.stride(0) if residual is not None else 0
+        if packed is None or packed.R != variant.R:
+            packed = PackedWeights.pack(self.weight, self.bias, geom.tap_offsets(), variant.R, dense=variant.kind == "dense")
+        self.packed = p = packed
+        self.cptr, nchunks = p.chunk_pointers(geom.inp.C, variant.chunk)
         self._args = (
             variant.R, variant.V, src_buf.data_ptr(), out.data_ptr(), out.stride(0), p.cout, t0, t1, block,
-            p.gptr.data_ptr(), p.src.data_ptr(), p.val.data_ptr(), p.bias.data_ptr(), res_ptr, res_stride,
+            self.cptr.data_ptr(), nchunks, p.src.data_ptr(), p.val.data_ptr(), p.bias.data_ptr(), res_ptr, res_stride,
             self.mask.data_ptr(), relu, threads,
         )
         self._conv = kernel_module().conv
@@ -344,25 +361,35 @@ class ConvOp:
 
 
 def candidate_variants(geom: ConvGeometry, density: float, everything: bool = False) -> list[Variant]:
-    """The variants worth timing for this layer: sparse tiles that fit, grouped, dense, torch.
+    """The variants worth timing for this layer: sparse tilings, grouped, dense, torch.
 
-    Dense variants are skipped where at most a quarter of the weights are left
-    (sparse always wins there) unless ``everything`` (profiles want both times).
+    Tiles (V) are the largest that fit the plane; several images per plane also try
+    input-channel chunks and position blocks, which keep the planes a pass reads in
+    cache. Dense variants are skipped where at most a quarter of the weights are
+    left (sparse wins there) unless ``everything`` (profiles want both times).
     """
     t0, t1 = geom.out.valid_range()
     vectors = max(1, math.ceil((t1 - t0) / VEC))
+    cin = geom.inp.C
+    batched = geom.inp.N > 1
+    chunks = [0] + [c for c in ((8, 32) if batched else (64,)) if c < cin]
+    blocks = [0, 2048] if batched and vectors > 128 else [0]
+    fitting = [v for r, v in KERNELS if r == 1 and v <= vectors]
+
+    def widest(r: int, most: int) -> int:  # the widest compiled tile for R = r of at most ``most`` vectors
+        return max(v for rr, v in KERNELS if rr == r and v <= max(1, most))
+
     out = []
     if density > 0:
-        vs = [v for r, v in KERNELS if r == 1 and v <= vectors]
-        out += [Variant("sparse", 1, v) for v in vs[-3:]]
-        if vectors > 64 and geom.inp.N > 1:  # long planes of several images: also cache-sized work items
-            out.append(Variant("sparse", 1, vs[-1], block=2048))
+        for v in fitting[-2:] if batched else fitting[-3:]:
+            out += [Variant("sparse", 1, v, b, c) for c in chunks for b in blocks]
         if density > 0.1:
-            out.append(Variant("grouped", 4, max(v for r, v in KERNELS if r == 4 and v <= vectors)))
+            out += [Variant("grouped", 4, widest(4, vectors), 0, c) for c in chunks[:2]]
     else:
         out.append(Variant("sparse", 1, 1))  # every weight zero: bias (+ residual, ReLU) only
     if density > 0.25 or everything:
-        out.append(Variant("dense", 8, min(3, vectors)))
+        for r in (8, 4):
+            out += [Variant("dense", r, widest(r, vectors), b, c) for c in chunks[::2] for b in blocks]
         out.append(Variant("torch"))
     return out
 

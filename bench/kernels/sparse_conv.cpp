@@ -18,19 +18,20 @@ typedef float vf __attribute__((vector_size(64), aligned(4)));  // 16 floats, un
 
 static inline vf ld(const float* p) { return *(const vf*)p; }
 static inline void st(float* p, vf v) { *(vf*)p = v; }
-static inline vf bc(float x) { return vf{} + x; }
+static inline vf bc(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 
 // U independent accumulator sets hide the FMA latency when R * V is small (a 4x4 image is 1-2 vectors)
+// first: start from the bias (else from the partial sums in out); last: apply the epilogue (else store partials)
 template <int R, int V>
 static inline void tile(const float* in, float* const* outp, int64_t t, const int32_t* src, const float* val,
                         int64_t kb, int64_t ke, const float* bias, const float* const* resp, const float* mask,
-                        bool relu, int nr) {
+                        bool relu, int nr, bool first, bool last) {
     constexpr int U = R * V >= 8 ? 1 : (R * V >= 4 ? 2 : 4);
     vf acc[U][R][V];
     for (int u = 0; u < U; u++)
         for (int r = 0; r < R; r++) {
-            vf b = bc(u == 0 ? bias[r] : 0.0f);
-            for (int v = 0; v < V; v++) acc[u][r][v] = b;
+            vf b = bc(u == 0 && first ? bias[r] : 0.0f);
+            for (int v = 0; v < V; v++) acc[u][r][v] = (u == 0 && !first) ? ld(outp[r] + t + 16 * v) : b;
         }
     int64_t k = kb;
     for (; k + U <= ke; k += U)
@@ -53,6 +54,11 @@ static inline void tile(const float* in, float* const* outp, int64_t t, const in
     for (int u = 1; u < U; u++)
         for (int r = 0; r < R; r++)
             for (int v = 0; v < V; v++) acc[0][r][v] += acc[u][r][v];
+    if (!last) {
+        for (int r = 0; r < nr; r++)
+            for (int v = 0; v < V; v++) st(outp[r] + t + 16 * v, acc[0][r][v]);
+        return;
+    }
     // epilogue: residual add, ReLU, then the mask zeroes border and wrap-around positions
     for (int r = 0; r < nr; r++)
         for (int v = 0; v < V; v++) {
@@ -68,50 +74,58 @@ static inline void tile(const float* in, float* const* outp, int64_t t, const in
 template <int R, int V>
 static inline int64_t tail(const float* in, float* const* outp, int64_t t, int64_t left, const int32_t* src,
                            const float* val, int64_t kb, int64_t ke, const float* bias, const float* const* resp,
-                           const float* mask, bool relu, int nr) {
+                           const float* mask, bool relu, int nr, bool first, bool last) {
     if constexpr (V > 1) {
         if (left >= V) {
-            tile<R, V>(in, outp, t, src, val, kb, ke, bias, resp, mask, relu, nr);
+            tile<R, V>(in, outp, t, src, val, kb, ke, bias, resp, mask, relu, nr, first, last);
             return V;
         }
-        return tail<R, V - 1>(in, outp, t, left, src, val, kb, ke, bias, resp, mask, relu, nr);
+        return tail<R, V - 1>(in, outp, t, left, src, val, kb, ke, bias, resp, mask, relu, nr, first, last);
     } else {
-        tile<R, 1>(in, outp, t, src, val, kb, ke, bias, resp, mask, relu, nr);
+        tile<R, 1>(in, outp, t, src, val, kb, ke, bias, resp, mask, relu, nr, first, last);
         return 1;
     }
 }
 
+// cptr[g * (nchunks + 1) + c] .. [.. + c + 1]: group g's entries reading input-channel chunk c. Chunks run
+// one after another (partial sums kept in out), so one chunk's input planes stay in cache for every group.
 template <int R, int V>
 static void run(const float* in, float* out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1, int64_t block,
-                const int64_t* gptr, const int32_t* src, const float* val, const float* bias, const float* res,
-                int64_t rstride, const float* mask, bool relu, int nthreads) {
+                const int64_t* cptr, int64_t nchunks, const int32_t* src, const float* val, const float* bias,
+                const float* res, int64_t rstride, const float* mask, bool relu, int nthreads) {
     const int64_t ngroups = (cout + R - 1) / R;
     const int64_t nblocks = (t1 - t0 + block - 1) / block;
-    // static split of (position block, channel group): one block -> threads split the output channels
-#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
-    for (int64_t b = 0; b < nblocks; b++)
-        for (int64_t g = 0; g < ngroups; g++) {
-            const int nr = (int)std::min<int64_t>(R, cout - g * R);
-            float* outp[R];
-            const float* resp[R];
-            float bb[R];
-            for (int r = 0; r < R; r++) {
-                const int64_t co = g * R + std::min(r, nr - 1);
-                outp[r] = out + co * ostride;
-                resp[r] = res ? res + co * rstride : nullptr;
-                bb[r] = bias[co];
+#pragma omp parallel num_threads(nthreads)
+    for (int64_t c = 0; c < nchunks; c++) {
+        const bool first = c == 0, last = c == nchunks - 1;
+        // static split of (position block, channel group): one block -> threads split the output channels
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t b = 0; b < nblocks; b++)
+            for (int64_t g = 0; g < ngroups; g++) {
+                const int64_t kb = cptr[g * (nchunks + 1) + c], ke = cptr[g * (nchunks + 1) + c + 1];
+                if (kb == ke && !first && !last) continue;  // nothing to add from this chunk
+                const int nr = (int)std::min<int64_t>(R, cout - g * R);
+                float* outp[R];
+                const float* resp[R];
+                float bb[R];
+                for (int r = 0; r < R; r++) {
+                    const int64_t co = g * R + std::min(r, nr - 1);
+                    outp[r] = out + co * ostride;
+                    resp[r] = res ? res + co * rstride : nullptr;
+                    bb[r] = bias[co];
+                }
+                const float* const* rp = res ? resp : nullptr;
+                const int64_t s = t0 + b * block, e = std::min(t1, s + block);
+                int64_t t = s;
+                for (; t + 16 * V <= e; t += 16 * V)
+                    tile<R, V>(in, outp, t, src, val, kb, ke, bb, rp, mask, relu, nr, first, last);
+                while (t < e) {
+                    const int64_t left = (e - t + 15) / 16;
+                    t += 16 * tail<R, V - 1 < 1 ? 1 : V - 1>(in, outp, t, left, src, val, kb, ke, bb, rp, mask, relu,
+                                                             nr, first, last);
+                }
             }
-            const float* const* rp = res ? resp : nullptr;
-            const int64_t s = t0 + b * block, e = std::min(t1, s + block);
-            int64_t t = s;
-            for (; t + 16 * V <= e; t += 16 * V)
-                tile<R, V>(in, outp, t, src, val, gptr[g], gptr[g + 1], bb, rp, mask, relu, nr);
-            while (t < e) {
-                const int64_t left = (e - t + 15) / 16;
-                t += 16 * tail<R, V - 1 < 1 ? 1 : V - 1>(in, outp, t, left, src, val, gptr[g], gptr[g + 1], bb, rp,
-                                                         mask, relu, nr);
-            }
-        }
+    }
 }
 
 // split an input of C planes (rows x pitch x n, flat) into s*s phase planes of prows x ppitch x n:
@@ -139,12 +153,12 @@ template <typename T>
 static T ptr(int64_t p) { return reinterpret_cast<T>(p); }
 
 void conv(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1,
-          int64_t block, int64_t gptr, int64_t src, int64_t val, int64_t bias, int64_t res, int64_t rstride,
+          int64_t block, int64_t cptr, int64_t nchunks, int64_t src, int64_t val, int64_t bias, int64_t res, int64_t rstride,
           int64_t mask, bool relu, int nthreads) {
 #define PB_CALL(RR, VV)                                                                                           \
     if (R == RR && V == VV)                                                                                       \
         return run<RR, VV>(ptr<const float*>(in), ptr<float*>(out), ostride, cout, t0, t1, block,                 \
-                           ptr<const int64_t*>(gptr), ptr<const int32_t*>(src), ptr<const float*>(val),           \
+                           ptr<const int64_t*>(cptr), nchunks, ptr<const int32_t*>(src), ptr<const float*>(val),           \
                            ptr<const float*>(bias), ptr<const float*>(res), rstride, ptr<const float*>(mask), relu, \
                            nthreads);
     PB_CALL(1, 1) PB_CALL(1, 2) PB_CALL(1, 3) PB_CALL(1, 4) PB_CALL(1, 5) PB_CALL(1, 6) PB_CALL(1, 8) PB_CALL(1, 12)
@@ -152,6 +166,8 @@ void conv(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, 
 #undef PB_CALL
     throw std::invalid_argument("sparse_conv: no kernel for this (R, V)");
 }
+
+
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "sparse direct convolution kernels for prunebench";
