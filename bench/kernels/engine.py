@@ -131,6 +131,13 @@ def _is_add(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in ("add", "add_") and len(node.args) == 2 and not node.kwargs
 
 
+def _is_global_avg_pool(node: fx.Node, modules: dict) -> bool:
+    if node.op == "call_module" and isinstance(modules[node.target], nn.AdaptiveAvgPool2d):
+        size = modules[node.target].output_size
+        return size in (1, (1, 1))
+    return False
+
+
 def _supported_conv(m: nn.Module) -> bool:
     return (
         isinstance(m, nn.Conv2d)
@@ -481,6 +488,15 @@ def compile_model(model: nn.Module, example: torch.Tensor, threads: int,
                     engine.acts[node.name] = env[node]
                 else:
                     env[node] = torch_step(node)
+        elif _is_global_avg_pool(node, modules) and isinstance(materialize(node.args[0]), _ActVal):
+            src = env[node.args[0]]
+            slot = new_slot(node.name)
+
+            def pool(a=src.act, buf=src.buf, slot=slot):  # straight from the layout, no NCHW copy first
+                engine.slots[slot] = a.interior(buf).mean((2, 3), keepdim=True)
+
+            engine.steps.append(pool)
+            env[node] = _TensorVal(slot)
         else:
             for a in node.all_input_nodes:
                 materialize(a)

@@ -9,10 +9,97 @@
 // Pointers arrive as integers from Python (torch tensors' data_ptr), which keeps the call cheap
 // and the build free of the torch headers.
 #include <pybind11/pybind11.h>
-#include <omp.h>
+#include <sched.h>
+
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <stdexcept>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+// ---- a small thread pool. Waiting threads spin briefly, then yield, then sleep: on a CPU shared with
+// other processes, OpenMP's long spin-waits let a descheduled partner stall every layer for a whole
+// scheduler tick; here a waiting thread soon gives its core away, and an idle pool costs nothing.
+static inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+class Pool {
+  public:
+    template <typename F>
+    void run(int n, F&& f) {  // f(tid, n) on n threads, this one included; returns when all are done
+        if (n <= 1) {
+            f(0, 1);
+            return;
+        }
+        grow(n - 1);
+        using Fn = std::remove_reference_t<F>;
+        fn_ = [](void* ctx, int tid, int nt) { (*static_cast<Fn*>(ctx))(tid, nt); };
+        ctx_ = const_cast<void*>(static_cast<const void*>(&f));
+        nt_ = n;
+        pending_.store((int)workers_.size(), std::memory_order_seq_cst);
+        gen_.fetch_add(1, std::memory_order_seq_cst);
+        if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            wake_.notify_all();
+        }
+        f(0, n);
+        for (int spins = 0; pending_.load(std::memory_order_acquire) > 0; spins++) {
+            if (spins < 4000) cpu_relax();
+            else sched_yield();
+        }
+    }
+
+  private:
+    void grow(int n) {
+        while ((int)workers_.size() < n) {
+            const int tid = (int)workers_.size() + 1;
+            const uint64_t seen = gen_.load();
+            workers_.emplace_back([this, tid, seen] { loop(tid, seen); });
+            workers_.back().detach();  // the pool lives as long as the process
+        }
+    }
+
+    void loop(int tid, uint64_t seen) {
+        for (;;) {
+            for (int spins = 0; gen_.load(std::memory_order_seq_cst) == seen; spins++) {
+                if (spins < 4000) {
+                    cpu_relax();
+                } else if (spins < 8000) {
+                    sched_yield();
+                } else {
+                    std::unique_lock<std::mutex> lock(mutex_);
+                    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+                    wake_.wait(lock, [&] { return gen_.load(std::memory_order_seq_cst) != seen; });
+                    sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+                }
+            }
+            seen = gen_.load(std::memory_order_acquire);
+            if (tid < nt_) fn_(ctx_, tid, nt_);
+            pending_.fetch_sub(1, std::memory_order_release);
+        }
+    }
+
+    std::vector<std::thread> workers_;
+    std::atomic<uint64_t> gen_{0};
+    std::atomic<int> pending_{0}, sleepers_{0};
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    void (*fn_)(void*, int, int) = nullptr;
+    void* ctx_ = nullptr;
+    int nt_ = 1;
+};
+
+static Pool& pool() {
+    static Pool* p = new Pool();  // never destroyed: its threads may still wait when the process exits
+    return *p;
+}
 
 typedef float vf __attribute__((vector_size(64), aligned(4)));  // 16 floats, unaligned access allowed
 
@@ -87,21 +174,24 @@ static inline int64_t tail(const float* in, float* const* outp, int64_t t, int64
     }
 }
 
-// cptr[g * (nchunks + 1) + c] .. [.. + c + 1]: group g's entries reading input-channel chunk c. Chunks run
-// one after another (partial sums kept in out), so one chunk's input planes stay in cache for every group.
+// cptr[g * (nchunks + 1) + c] .. [.. + c + 1]: group g's entries reading input-channel chunk c.
+// Each thread takes one contiguous range of (position block, channel group) work items (with one block,
+// a range of output channels) and runs it chunk by chunk, partial sums kept in out: one chunk's input
+// planes stay in cache across the thread's groups, and no barrier is needed between chunks.
 template <int R, int V>
 static void run(const float* in, float* out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1, int64_t block,
                 const int64_t* cptr, int64_t nchunks, const int32_t* src, const float* val, const float* bias,
                 const float* res, int64_t rstride, const float* mask, bool relu, int nthreads) {
     const int64_t ngroups = (cout + R - 1) / R;
     const int64_t nblocks = (t1 - t0 + block - 1) / block;
-#pragma omp parallel num_threads(nthreads)
-    for (int64_t c = 0; c < nchunks; c++) {
-        const bool first = c == 0, last = c == nchunks - 1;
-        // static split of (position block, channel group): one block -> threads split the output channels
-#pragma omp for collapse(2) schedule(static)
-        for (int64_t b = 0; b < nblocks; b++)
-            for (int64_t g = 0; g < ngroups; g++) {
+    const int64_t items = nblocks * ngroups;
+    nthreads = (int)std::max<int64_t>(1, std::min<int64_t>(nthreads, items));
+    pool().run(nthreads, [&](int64_t tid, int64_t nt) {
+        const int64_t lo = items * tid / nt, hi = items * (tid + 1) / nt;
+        for (int64_t c = 0; c < nchunks; c++) {
+            const bool first = c == 0, last = c == nchunks - 1;
+            for (int64_t item = lo; item < hi; item++) {
+                const int64_t b = item / ngroups, g = item % ngroups;
                 const int64_t kb = cptr[g * (nchunks + 1) + c], ke = cptr[g * (nchunks + 1) + c + 1];
                 if (kb == ke && !first && !last) continue;  // nothing to add from this chunk
                 const int nr = (int)std::min<int64_t>(R, cout - g * R);
@@ -125,7 +215,8 @@ static void run(const float* in, float* out, int64_t ostride, int64_t cout, int6
                                                              nr, first, last);
                 }
             }
-    }
+        }
+    });
 }
 
 // split an input of C planes (rows x pitch x n, flat) into s*s phase planes of prows x ppitch x n:
@@ -134,19 +225,25 @@ void phases(int64_t in, int64_t istride, int64_t C, int64_t rows, int64_t pitch,
             int64_t ostride, int64_t prows, int64_t ppitch, int nthreads) {
     const float* src = reinterpret_cast<const float*>(in);
     float* dst = reinterpret_cast<float*>(out);
-#pragma omp parallel for collapse(2) schedule(static) num_threads(nthreads)
-    for (int64_t ph = 0; ph < s * s; ph++)
-        for (int64_t c = 0; c < C; c++) {
+    const int64_t items = s * s * C;
+    pool().run((int)std::max<int64_t>(1, std::min<int64_t>(nthreads, items)), [&](int64_t tid, int64_t nt) {
+        for (int64_t item = items * tid / nt; item < items * (tid + 1) / nt; item++) {
+            const int64_t ph = item / C, c = item % C;
             const int64_t a = ph / s, b = ph % s;
             const float* ip = src + c * istride;
             float* op = dst + (ph * C + c) * ostride;
-            for (int64_t i = 0; i < prows && a + s * i < rows; i++)
-                for (int64_t j = 0; j < ppitch && b + s * j < pitch; j++) {
-                    const float* q = ip + ((a + s * i) * pitch + b + s * j) * n;
-                    float* d = op + (i * ppitch + j) * n;
-                    for (int64_t m = 0; m < n; m++) d[m] = q[m];
+            const int64_t jn = std::min<int64_t>(ppitch, (pitch - b + s - 1) / s);
+            for (int64_t i = 0; i < prows && a + s * i < rows; i++) {
+                const float* q = ip + ((a + s * i) * pitch + b) * n;
+                float* d = op + i * ppitch * n;
+                if (n == 1) {
+                    for (int64_t j = 0; j < jn; j++) d[j] = q[s * j];
+                } else {
+                    for (int64_t j = 0; j < jn; j++) std::copy(q + s * j * n, q + (s * j + 1) * n, d + j * n);
                 }
+            }
         }
+    });
 }
 
 template <typename T>
