@@ -46,6 +46,8 @@ class Backend:
 # name -> "module:attribute" of a Backend; add a line here for each backend.
 BACKENDS: dict[str, str] = {
     "torch-dense": "bench.backends.torch_dense:BACKEND",
+    "torch-sparse": "bench.backends.torch_sparse:BACKEND",
+    "onnxruntime": "bench.backends.onnxruntime:BACKEND",
     "torch-dense-channels-last": "bench.backends.cuda_dense:CHANNELS_LAST",
     "torch-cuda-graph": "bench.backends.cuda_dense:CUDA_GRAPH",
     "torch-compile-cuda": "bench.backends.cuda_dense:COMPILE",

@@ -1,0 +1,126 @@
+"""The suite's models and options: synthetic models are pruned as asked and not trivial; options parse or fail clearly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bench import models as bench_models
+from bench.backends import BACKENDS, Backend, Prepared, get_backend
+from bench.conftest import BATCH_SIZES, QUICK_BATCH_SIZES, BenchSettings, Timing, make_plan
+from bench.test_latency import check_parity, rounds_for
+from prune.checkpoint import save_checkpoint
+from prune.errors import PruneBenchError
+from prune.mask import Mask
+from prune.models import prunable_layers, resnet18_cifar
+
+
+@pytest.fixture(scope="module")
+def synthetic95():
+    return bench_models.load(bench_models.ModelSpec(id="synthetic-s95", sparsity=0.95))
+
+
+def test_synthetic_model_is_pruned_as_asked(synthetic95):
+    mask = Mask.from_model(prunable_layers(synthetic95.model))
+    assert abs(mask.zeros - round(0.95 * mask.numel)) <= 1
+    facts = synthetic95.facts
+    assert facts["weights"] == "synthetic" and facts["model_file"] == "synthetic"
+    assert facts["sparsity"] == pytest.approx(0.95, abs=1e-6)
+    assert 0 < facts["mac_sparsity"] < 0.95  # early, MAC-heavy layers keep more weights
+    assert facts["nonzeros"] == sum(int((m.weight != 0).sum()) for m in prunable_layers(synthetic95.model, True).values())
+
+
+def test_synthetic_model_is_not_trivial(synthetic95):
+    """Even at 95% fc keeps weights and the logits depend on the input; BatchNorm statistics were measured."""
+    model = synthetic95.model
+    assert int((model.fc.weight != 0).sum()) > 0.2 * model.fc.weight.numel()
+    with torch.inference_mode():
+        a = model(bench_models.example_batch(4, seed=0))
+        b = model(bench_models.example_batch(4, seed=1))
+    assert (a - b).abs().max() > 0.1
+    assert (a - a[0]).abs().max() > 0.1  # and across the batch
+    assert not torch.allclose(model.bn1.running_var, torch.ones_like(model.bn1.running_var))
+    assert torch.isfinite(a).all() and a.abs().max() < 100  # activations kept a sane scale
+
+
+def test_synthetic_models_repeat():
+    a = bench_models.synthetic_resnet18(0.5)
+    b = bench_models.synthetic_resnet18(0.5)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+
+
+def test_specs_from_folder_and_files(tmp_path):
+    for name in ("b.pt", "a.pt"):
+        save_checkpoint(tmp_path / name, resnet18_cifar(), {"accuracy": 0.9, "target_sparsity": 0.0})
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    other = tmp_path / "sub"
+    other.mkdir()
+    save_checkpoint(other / "a.pt", resnet18_cifar(), {})
+    specs = bench_models.checkpoint_specs(f"{tmp_path},{other / 'a.pt'}")
+    assert [s.id for s in specs] == ["a", "b", "a-2"]
+    loaded = bench_models.load(specs[0])
+    assert loaded.facts["accuracy"] == 0.9 and loaded.facts["weights"] == "checkpoint"
+    assert loaded.facts["model_file"] == str(tmp_path / "a.pt") and loaded.facts["sparsity"] < 1e-5
+
+
+@pytest.mark.parametrize("arg, message", [("", "empty"), ("/nonexistent/x.pt", "no checkpoint"), ("EMPTY", "no \\*.pt")])
+def test_spec_errors(arg, message, tmp_path):
+    if arg == "EMPTY":
+        arg = str(tmp_path)
+    with pytest.raises(PruneBenchError, match=message):
+        bench_models.checkpoint_specs(arg)
+
+
+def test_plan_defaults_and_quick():
+    plan = make_plan(BenchSettings())
+    assert plan.batch_sizes == list(BATCH_SIZES)
+    assert [s.sparsity for s in plan.specs] == list(bench_models.SYNTHETIC_SPARSITIES)
+    assert plan.backends == [n for n in BACKENDS if get_backend(n).default]
+    assert {"torch-dense", "torch-sparse", "onnxruntime"} <= set(plan.backends)
+    assert plan.threads == bench_models.physical_cores() >= 1
+    quick = make_plan(BenchSettings(quick=True))
+    assert quick.batch_sizes == list(QUICK_BATCH_SIZES)
+    assert [s.sparsity for s in quick.specs] == list(bench_models.QUICK_SPARSITIES)
+    assert quick.timing.max_rounds < plan.timing.max_rounds
+    chosen = make_plan(BenchSettings(backends="onnxruntime", batch_sizes="2, 4", threads=3, quick=True))
+    assert chosen.backends == ["onnxruntime"] and chosen.batch_sizes == [2, 4] and chosen.threads == 3
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (BenchSettings(backends="nope"), "unknown backend 'nope': choose from"),
+        (BenchSettings(batch_sizes="1,x"), "whole numbers"),
+        (BenchSettings(batch_sizes="0"), ">= 1"),
+        (BenchSettings(devices="tpu"), "unknown device"),
+        (BenchSettings(threads=-1), ">= 1"),
+    ],
+)
+def test_plan_errors(settings, message):
+    with pytest.raises(PruneBenchError, match=message):
+        make_plan(settings)
+
+
+def test_check_parity_fails_on_wrong_and_on_trivial():
+    expected = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    other = torch.tensor([[1.5, 2.0], [3.0, 4.5]])
+    check_parity(expected + 1e-6, expected, other, 1e-4, 1e-4, "ok")
+    with pytest.raises(pytest.fail.Exception, match="differs from dense"):
+        check_parity(expected + 1e-2, expected, other, 1e-4, 1e-4, "wrong")
+    with pytest.raises(pytest.fail.Exception, match="pass trivially"):
+        check_parity(expected, expected, expected + 1e-6, 1e-4, 1e-4, "constant")
+
+
+def test_rounds_fill_the_target():
+    timing = Timing(target_s=2.0, min_rounds=3, max_rounds=100)
+    assert rounds_for(0.1, timing) == 20
+    assert rounds_for(10.0, timing) == 3
+    assert rounds_for(1e-5, timing) == 100
+
+
+def test_physical_cores_is_sane():
+    import os
+
+    assert 1 <= bench_models.physical_cores() <= (os.cpu_count() or 1)
