@@ -232,19 +232,28 @@ class PackedWeights:
     bias: torch.Tensor  # (Cout,) float32
     cout: int
     ci: torch.Tensor  # (entries,) int32: input channel of each entry (to split the work into channel chunks)
+    _chunks: dict = dataclasses.field(default_factory=dict, repr=False)  # chunk size -> chunk_pointers result
 
     def chunk_pointers(self, cin: int, chunk: int) -> tuple[torch.Tensor, int]:
         """(groups, chunks + 1) int64 entry pointers for input-channel chunks of ``chunk`` channels, and the count."""
+        chunk = chunk if chunk and chunk < cin else cin
+        cached = self._chunks.get(chunk)
+        if cached is not None:
+            return cached
         groups = self.gptr.numel() - 1
-        chunk = chunk or cin
         nchunks = -(-cin // chunk)
-        group_of = torch.repeat_interleave(torch.arange(groups), self.gptr.diff())
-        key = group_of * nchunks + self.ci.long() // chunk
-        counts = torch.bincount(key, minlength=groups * nchunks).view(groups, nchunks)
-        ptr = torch.zeros(groups, nchunks + 1, dtype=torch.int64)
-        ptr[:, 1:] = counts.cumsum(1)
-        ptr += self.gptr[:-1].view(-1, 1)
-        return ptr.contiguous(), nchunks
+        if nchunks == 1:
+            ptr = torch.stack([self.gptr[:-1], self.gptr[1:]], 1)
+        else:
+            # entries are sorted by input channel within each group: a chunk starts at the first entry
+            # whose channel reaches it (searchsorted over group * cin + channel, which is sorted overall)
+            group_of = torch.repeat_interleave(torch.arange(groups, dtype=torch.int64), self.gptr.diff())
+            flat = group_of * cin + self.ci.long()
+            starts = torch.arange(groups, dtype=torch.int64).view(-1, 1) * cin + torch.arange(nchunks + 1).view(1, -1) * chunk
+            starts[:, -1] = torch.arange(1, groups + 1) * cin
+            ptr = torch.searchsorted(flat, starts.reshape(-1)).view(groups, nchunks + 1)
+        self._chunks[chunk] = (ptr.contiguous(), nchunks)
+        return self._chunks[chunk]
 
     @classmethod
     def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, R: int, dense: bool = False):
@@ -255,16 +264,22 @@ class PackedWeights:
         w = torch.zeros(groups * R, k)
         w[:cout] = weight.detach().reshape(cout, k).float()
         w = w.view(groups, R, k)
-        keep = torch.ones(groups, k, dtype=torch.bool) if dense else (w != 0).any(1)
         if int(offsets.max()) >= 2**31:
             raise PruneBenchError("activation too large for the sparse kernel's 32-bit offsets: use a smaller batch")
+        taps = k // weight.shape[1]
+        channel = torch.arange(k, dtype=torch.int32) // taps
+        b = torch.zeros(cout) if bias is None else bias.detach().float().clone()
+        if dense:  # every (input channel, tap) in every group: no masks to gather with
+            gptr = torch.arange(groups + 1, dtype=torch.int64) * k
+            src = offsets.reshape(1, k).expand(groups, k).reshape(-1).to(torch.int32).contiguous()
+            val = w.permute(0, 2, 1).reshape(groups * k, R).contiguous()
+            return cls(R, gptr, src, val, b.contiguous(), cout, channel.repeat(groups))
+        keep = (w != 0).any(1)
         gptr = torch.zeros(groups + 1, dtype=torch.int64)
         gptr[1:] = keep.sum(1).cumsum(0)
         src = offsets.reshape(1, k).expand(groups, k)[keep].to(torch.int32).contiguous()
         val = w.permute(0, 2, 1)[keep].contiguous()
-        b = torch.zeros(cout) if bias is None else bias.detach().float().clone()
-        taps = k // weight.shape[1]
-        ci = (torch.arange(k, dtype=torch.int32) // taps).expand(groups, k)[keep].contiguous()
+        ci = channel.expand(groups, k)[keep].contiguous()
         return cls(R, gptr, src, val, b.contiguous(), cout, ci)
 
     @property

@@ -239,9 +239,14 @@ class Engine:
         return {r.name: r.choice for r in self.layers}
 
 
-def _time_op(op: ConvOp, runs: int) -> float:
+def _time_op(op: ConvOp, runs: int, give_up_ms: float = float("inf")) -> float:
+    """The fastest of ``runs`` calls in ms (after a warm-up call); a variant whose warm-up call is slower
+    than ``give_up_ms`` is not timed further (it will not be chosen), which keeps preparing quick."""
+    t = time.perf_counter()
     op()  # warm: first touch of buffers and packed weights
-    best = float("inf")
+    best = time.perf_counter() - t
+    if best * 1e3 > give_up_ms:
+        return best * 1e3
     for _ in range(runs):
         t = time.perf_counter()
         op()
@@ -372,7 +377,9 @@ def compile_model(model: nn.Module, example: torch.Tensor, threads: int,
             engine.cache_hits += 1
         else:
             for v in variants:
-                times[str(v)] = _time_op(make(v), settings.timing_runs)
+                # a profile times every variant fully; choosing gives up on clearly slower ones
+                best = float("inf") if settings.time_everything else min(times.values(), default=float("inf"))
+                times[str(v)] = _time_op(make(v), settings.timing_runs, give_up_ms=3 * best)
             chosen = by_name[min(times, key=times.get)]
             cache.put(key, str(chosen))
         op = make(chosen)
