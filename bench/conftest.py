@@ -63,6 +63,7 @@ class BenchPlan:
     specs: list  # bench.models.ModelSpec
     backends: list[str]
     devices: list[str]
+    cases: list[tuple[str, str, str | None]]  # (backend, device, why it cannot run here or None)
     batch_sizes: list[int]
     threads: int
     timing: Timing
@@ -103,6 +104,12 @@ def make_plan(settings: BenchSettings) -> BenchPlan:
             raise PruneBenchError(f"--bench-batch-sizes {settings.batch_sizes!r}: give whole numbers, e.g. 1,64") from None
         if not batch_sizes or min(batch_sizes) < 1:
             raise PruneBenchError(f"--bench-batch-sizes {settings.batch_sizes!r}: give whole numbers >= 1, e.g. 1,64")
+    cases = []
+    for name in backends:
+        backend = get_backend(name)
+        cases += [(name, d, backend.unavailable(d)) for d in backend.devices if d in devices]
+    if not cases:
+        raise PruneBenchError(f"no backend of {', '.join(backends)} runs on {', '.join(devices)}: check --bench-devices")
     if settings.threads < 0:
         raise PruneBenchError(f"--bench-threads {settings.threads} must be >= 1 (0: physical cores)")
     threads = settings.threads or bench_models.physical_cores()
@@ -110,6 +117,7 @@ def make_plan(settings: BenchSettings) -> BenchPlan:
         specs=specs,
         backends=backends,
         devices=devices,
+        cases=cases,
         batch_sizes=batch_sizes,
         threads=threads,
         timing=QUICK_TIMING if settings.quick else Timing(),
@@ -144,18 +152,9 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("bench_model", plan.specs, ids=[s.id for s in plan.specs], indirect=True, scope="module")
     metafunc.parametrize("batch_size", plan.batch_sizes, ids=[f"b{b}" for b in plan.batch_sizes])
     cases = []
-    for name in plan.backends:
-        backend = get_backend(name)
-        for device in backend.devices:
-            if device not in plan.devices:
-                continue
-            reason = backend.unavailable(device)
-            marks = [pytest.mark.skip(reason=f"{name} on {device}: {reason}")] if reason else []
-            cases.append(pytest.param(name, device, id=f"{name}-{device}", marks=marks))
-    if not cases:
-        raise pytest.UsageError(
-            f"no backend of {', '.join(plan.backends)} runs on {', '.join(plan.devices)}: check --bench-devices"
-        )
+    for name, device, why in plan.cases:
+        marks = [pytest.mark.skip(reason=f"{name} on {device}: {why}")] if why else []
+        cases.append(pytest.param(name, device, id=f"{name}-{device}", marks=marks))
     metafunc.parametrize(("backend_name", "device"), cases)
 
 

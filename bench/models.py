@@ -51,6 +51,15 @@ class BenchModel:
     spec: ModelSpec
     model: nn.Module
     facts: dict  # extra_info entries: sparsity, MACs, nonzeros, file, accuracy...
+    references: dict = dataclasses.field(default_factory=dict)  # (batch size, seed) -> dense CPU output
+
+    def reference(self, batch_size: int, seed: int = 0) -> torch.Tensor:
+        """Dense fp32 PyTorch on the CPU on ``example_batch(batch_size, seed)``: what every backend must reproduce."""
+        key = (batch_size, seed)
+        if key not in self.references:
+            with torch.inference_mode():
+                self.references[key] = self.model(example_batch(batch_size, seed)).float()
+        return self.references[key]
 
 
 def synthetic_specs(sparsities=SYNTHETIC_SPARSITIES) -> list[ModelSpec]:

@@ -86,6 +86,8 @@ def test_plan_defaults_and_quick():
     assert quick.timing.max_rounds < plan.timing.max_rounds
     chosen = make_plan(BenchSettings(backends="onnxruntime", batch_sizes="2, 4", threads=3, quick=True))
     assert chosen.backends == ["onnxruntime"] and chosen.batch_sizes == [2, 4] and chosen.threads == 3
+    assert [(n, d) for n, d, _ in chosen.cases] == [("onnxruntime", "cpu"), ("onnxruntime", "cuda")]
+    assert chosen.cases[0][2] is None  # runs on the CPU here
 
 
 @pytest.mark.parametrize(
@@ -96,6 +98,7 @@ def test_plan_defaults_and_quick():
         (BenchSettings(batch_sizes="0"), ">= 1"),
         (BenchSettings(devices="tpu"), "unknown device"),
         (BenchSettings(threads=-1), ">= 1"),
+        (BenchSettings(backends="torch-2:4", devices="cpu"), "no backend of torch-2:4 runs on cpu"),
     ],
 )
 def test_plan_errors(settings, message):
