@@ -2,7 +2,9 @@
 
 The layout ("Act"): an activation of C channels, N images of H x W is a 2-D float32
 tensor (C, stride); channel c's row holds the zero-bordered image stack
-(H + 2B, W + 2B, N) flattened with the batch innermost, then zeros. Because every
+(H + 2B, W + B, N) flattened with the batch innermost, then zeros (one border strip
+of B columns between rows is both the right border of a row and the left border of
+the next, which wastes fewer lanes on small images). Because every
 plane is flat and zero-bordered, one tap (ky, kx) of a stride-1 convolution is a
 constant shift of the flat index, so a convolution is, per output channel, a sum
 of shifted contiguous vectors times scalars: one per nonzero weight, no im2col.
@@ -35,7 +37,8 @@ from prune.errors import PruneBenchError
 SOURCE = Path(__file__).with_name("sparse_conv.cpp")
 VEC = 16  # floats per vector register (AVX-512); also the layout's alignment unit
 # (R, V) pairs compiled into the extension: R output channels share a pattern, V vectors per tile
-KERNELS = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 8), (1, 12), (1, 16), (4, 1), (4, 2), (4, 4), (8, 1), (8, 2), (8, 3))
+KERNELS = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 8), (1, 12), (1, 16), (4, 1), (4, 2), (4, 4), (4, 6),
+           (6, 4), (8, 1), (8, 2), (8, 3), (12, 2))
 CFLAGS = ["-O3", "-march=native", "-std=c++17", "-pthread"]  # no -ffast-math: it splits FMAs apart
 
 
@@ -46,9 +49,18 @@ def _round_up(x: int, m: int) -> int:
 @functools.lru_cache(maxsize=1)
 def _load():
     """Build (first use on this machine, about 15 s) or load the cached C++ extension."""
+    import shutil
     import warnings
 
     from torch.utils import cpp_extension
+
+    if shutil.which("ninja") is None:  # the ninja wheel's binary sits beside python, often not on PATH
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass  # load_inline then says ninja is missing, and kernel_module() passes that on
 
     source = SOURCE.read_text()
     # the name carries a hash of source and flags, so an edited kernel never loads a stale build
@@ -88,7 +100,7 @@ def unavailable() -> str | None:
 # ---------------------------------------------------------------------------- layout
 @dataclasses.dataclass(frozen=True)
 class Act:
-    """Geometry of one activation in the flat layout: C planes of (H + 2B, W + 2B, N), batch innermost."""
+    """Geometry of one activation in the flat layout: C planes of (H + 2B, W + B, N), batch innermost."""
 
     C: int
     H: int
@@ -97,12 +109,12 @@ class Act:
     B: int  # zero border on every side
 
     @property
-    def pitch(self) -> int:  # positions per padded row
-        return self.W + 2 * self.B
+    def pitch(self) -> int:  # positions per padded row: one border strip serves as right and next row's left
+        return self.W + self.B
 
     @property
-    def plane_len(self) -> int:  # floats in one padded plane
-        return (self.H + 2 * self.B) * self.pitch * self.N
+    def plane_len(self) -> int:  # floats in one padded plane (the last row's right border follows it)
+        return ((self.H + 2 * self.B) * self.pitch + self.B) * self.N
 
     @property
     def stride(self) -> int:  # floats between planes: room for one vector of overrun, aligned
@@ -112,8 +124,9 @@ class Act:
         return torch.zeros(self.C, self.stride)
 
     def grid(self, buf: torch.Tensor) -> torch.Tensor:
-        """(C, H+2B, W+2B, N) view of ``buf``."""
-        return buf[:, : self.plane_len].view(self.C, self.H + 2 * self.B, self.pitch, self.N)
+        """(C, H+2B, W+B, N) view of ``buf``: image pixel (y, x) at [:, B + y, B + x]."""
+        rows = (self.H + 2 * self.B) * self.pitch * self.N
+        return buf[:, :rows].view(self.C, self.H + 2 * self.B, self.pitch, self.N)
 
     def interior(self, buf: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) view of the image part of ``buf``."""
@@ -128,7 +141,7 @@ class Act:
     def mask(self) -> torch.Tensor:
         """1.0 on image elements, 0.0 on border, wrap-around and overrun: the kernel's last multiply."""
         m = torch.zeros(self.stride)
-        view = m[: self.plane_len].view(self.H + 2 * self.B, self.pitch, self.N)
+        view = m[: (self.H + 2 * self.B) * self.pitch * self.N].view(self.H + 2 * self.B, self.pitch, self.N)
         view[self.B : self.B + self.H, self.B : self.B + self.W] = 1.0
         return m
 
@@ -170,10 +183,11 @@ class ConvGeometry:
         out = Act(cout, hout, wout, inp.N, out_border)
         shift = inp.B - padding
         qy_max, qx_max = (kh - 1 + shift) // stride, (kw - 1 + shift) // stride
-        if qx_max > 2 * out_border:
+        # taps reaching past a row's end wrap into the next row: fine while they land in its zero left border
+        if qx_max > out_border and stride * (qx_max - out_border) > inp.B:
             raise PruneBenchError(
                 f"a {kh}x{kw} stride-{stride} padding-{padding} convolution needs an output border of at least "
-                f"{(qx_max + 1) // 2}, not {out_border}"
+                f"{max(1, qx_max - inp.B // stride)}, not {out_border}"
             )
         # every input row in its phase plus the rows the taps reach: the same for every conv reading this
         # input at this stride with this output, so a 3x3 conv and a 1x1 shortcut share one set of phases
@@ -353,11 +367,7 @@ class ConvOp:
 
     def _torch(self) -> None:
         g = self.geom
-        shift = g.inp.B - g.padding
-        grid = g.inp.grid(self.inp)
-        hin, win = g.inp.H + 2 * g.padding, g.inp.W + 2 * g.padding
-        x = grid[:, shift : shift + hin, shift : shift + win].permute(3, 0, 1, 2)
-        y = F.conv2d(x, self.weight, self.bias, stride=g.stride)
+        y = F.conv2d(g.inp.interior(self.inp), self.weight, self.bias, stride=g.stride, padding=g.padding)
         if self.residual is not None:
             y += g.out.interior(self.residual)
         if self.relu:
@@ -424,7 +434,7 @@ def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     kh, kw = weight.shape[2:]
     shift_max = (max(kh, kw) - 1) // stride
     inp = Act(c, h, w, n, padding)
-    geom = ConvGeometry.make(inp, weight.shape[0], (kh, kw), stride, padding, out_border=max(1, (shift_max + 1) // 2))
+    geom = ConvGeometry.make(inp, weight.shape[0], (kh, kw), stride, padding, out_border=max(1, shift_max))
     src = to_act(x.float(), inp)
     out = geom.out.alloc()
     res = to_act(residual.float(), geom.out) if residual is not None else None

@@ -259,7 +259,8 @@ void conv(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, 
                            ptr<const float*>(bias), ptr<const float*>(res), rstride, ptr<const float*>(mask), relu, \
                            nthreads);
     PB_CALL(1, 1) PB_CALL(1, 2) PB_CALL(1, 3) PB_CALL(1, 4) PB_CALL(1, 5) PB_CALL(1, 6) PB_CALL(1, 8) PB_CALL(1, 12)
-    PB_CALL(1, 16) PB_CALL(4, 1) PB_CALL(4, 2) PB_CALL(4, 4) PB_CALL(8, 1) PB_CALL(8, 2) PB_CALL(8, 3)
+    PB_CALL(1, 16) PB_CALL(4, 1) PB_CALL(4, 2) PB_CALL(4, 4) PB_CALL(4, 6) PB_CALL(6, 4) PB_CALL(8, 1) PB_CALL(8, 2)
+    PB_CALL(8, 3) PB_CALL(12, 2)
 #undef PB_CALL
     throw std::invalid_argument("sparse_conv: no kernel for this (R, V)");
 }
