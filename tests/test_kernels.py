@@ -155,3 +155,17 @@ def test_candidates_are_all_compiled(n, c, hw, density):
     variants = K.candidate_variants(geom, density, everything=True)
     assert variants and all(v.kind == "torch" or (v.R, v.V) in KERNELS for v in variants)
     assert any(v.kind in ("dense", "torch") for v in variants)
+
+
+@pytest.mark.parametrize("variant", [Variant("sparse", 1, 4), Variant("sparse", 1, 16, block=64, chunk=3),
+                                     Variant("dense", 8, 3, chunk=4), Variant("grouped", 4, 2, block=200)], ids=str)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_sixteen_images_skip_the_wrap_around(variant, stride):
+    # 16 images innermost: each image row is whole vectors, so the kernel computes only the image part of rows
+    torch.manual_seed(3)
+    x = torch.randn(16, 7, 6, 5)
+    w = torch.randn(9, 7, 3, 3) * (torch.rand(9, 7, 3, 3) > 0.5)
+    b = torch.randn(9)
+    res = torch.randn_like(F.conv2d(x, w, b, stride=stride, padding=1))
+    y = sparse_conv2d(x, w, b, stride=stride, padding=1, residual=res, relu=True, variant=variant, threads=2)
+    torch.testing.assert_close(y, (F.conv2d(x, w, b, stride=stride, padding=1) + res).relu(), atol=1e-5, rtol=1e-5)

@@ -354,9 +354,12 @@ class ConvOp:
             packed = PackedWeights.pack(self.weight, self.bias, geom.tap_offsets(), variant.R, dense=variant.kind == "dense")
         self.packed = p = packed
         self.cptr, nchunks = p.chunk_pointers(geom.inp.C, variant.chunk)
+        # with whole vectors per image row, skip the wrap-around positions between rows instead of masking them
+        o = geom.out
+        row_len = o.W * o.N if (o.W * o.N) % VEC == 0 and o.N > 1 else 0
         self._args = (
             variant.R, variant.V, src_buf.data_ptr(), out.data_ptr(), out.stride(0), p.cout, t0, t1, block,
-            self.cptr.data_ptr(), nchunks, p.src.data_ptr(), p.val.data_ptr(), p.bias.data_ptr(), res_ptr, res_stride,
+            o.pitch * o.N, row_len, self.cptr.data_ptr(), nchunks, p.src.data_ptr(), p.val.data_ptr(), p.bias.data_ptr(), res_ptr, res_stride,
             self.mask.data_ptr(), relu, threads,
         )
         self._conv = kernel_module().conv

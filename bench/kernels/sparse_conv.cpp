@@ -180,10 +180,14 @@ static inline int64_t tail(const float* in, float* const* outp, int64_t t, int64
 // planes stay in cache across the thread's groups, and no barrier is needed between chunks.
 template <int R, int V>
 static void run(const float* in, float* out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1, int64_t block,
-                const int64_t* cptr, int64_t nchunks, const int32_t* src, const float* val, const float* bias,
+                int64_t row_pitch, int64_t row_len, const int64_t* cptr, int64_t nchunks, const int32_t* src, const float* val, const float* bias,
                 const float* res, int64_t rstride, const float* mask, bool relu, int nthreads) {
     const int64_t ngroups = (cout + R - 1) / R;
-    const int64_t nblocks = (t1 - t0 + block - 1) / block;
+    // row_len > 0: only the image part of each row (row_len of every row_pitch elements) is computed;
+    // the wrap-around positions between rows are skipped (they stay zero). Else the whole range, masked.
+    const int64_t nrows = row_len > 0 ? (t1 - t0 - row_len) / row_pitch + 1 : 0;
+    const int64_t rows_per_block = row_len > 0 ? std::max<int64_t>(1, block / row_pitch) : 0;
+    const int64_t nblocks = row_len > 0 ? (nrows + rows_per_block - 1) / rows_per_block : (t1 - t0 + block - 1) / block;
     const int64_t items = nblocks * ngroups;
     nthreads = (int)std::max<int64_t>(1, std::min<int64_t>(nthreads, items));
     pool().run(nthreads, [&](int64_t tid, int64_t nt) {
@@ -205,14 +209,24 @@ static void run(const float* in, float* out, int64_t ostride, int64_t cout, int6
                     bb[r] = bias[co];
                 }
                 const float* const* rp = res ? resp : nullptr;
-                const int64_t s = t0 + b * block, e = std::min(t1, s + block);
-                int64_t t = s;
-                for (; t + 16 * V <= e; t += 16 * V)
-                    tile<R, V>(in, outp, t, src, val, kb, ke, bb, rp, mask, relu, nr, first, last);
-                while (t < e) {
-                    const int64_t left = (e - t + 15) / 16;
-                    t += 16 * tail<R, V - 1 < 1 ? 1 : V - 1>(in, outp, t, left, src, val, kb, ke, bb, rp, mask, relu,
-                                                             nr, first, last);
+                const int64_t segs = row_len > 0 ? std::min(rows_per_block, nrows - b * rows_per_block) : 1;
+                for (int64_t sg = 0; sg < segs; sg++) {
+                    int64_t s, e;
+                    if (row_len > 0) {
+                        s = t0 + (b * rows_per_block + sg) * row_pitch;
+                        e = s + row_len;
+                    } else {
+                        s = t0 + b * block;
+                        e = std::min(t1, s + block);
+                    }
+                    int64_t t = s;
+                    for (; t + 16 * V <= e; t += 16 * V)
+                        tile<R, V>(in, outp, t, src, val, kb, ke, bb, rp, mask, relu, nr, first, last);
+                    while (t < e) {
+                        const int64_t left = (e - t + 15) / 16;
+                        t += 16 * tail<R, V - 1 < 1 ? 1 : V - 1>(in, outp, t, left, src, val, kb, ke, bb, rp, mask,
+                                                                 relu, nr, first, last);
+                    }
                 }
             }
         }
@@ -250,11 +264,11 @@ template <typename T>
 static T ptr(int64_t p) { return reinterpret_cast<T>(p); }
 
 void conv(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1,
-          int64_t block, int64_t cptr, int64_t nchunks, int64_t src, int64_t val, int64_t bias, int64_t res, int64_t rstride,
+          int64_t block, int64_t row_pitch, int64_t row_len, int64_t cptr, int64_t nchunks, int64_t src, int64_t val, int64_t bias, int64_t res, int64_t rstride,
           int64_t mask, bool relu, int nthreads) {
 #define PB_CALL(RR, VV)                                                                                           \
     if (R == RR && V == VV)                                                                                       \
-        return run<RR, VV>(ptr<const float*>(in), ptr<float*>(out), ostride, cout, t0, t1, block,                 \
+        return run<RR, VV>(ptr<const float*>(in), ptr<float*>(out), ostride, cout, t0, t1, block, row_pitch, row_len, \
                            ptr<const int64_t*>(cptr), nchunks, ptr<const int32_t*>(src), ptr<const float*>(val),           \
                            ptr<const float*>(bias), ptr<const float*>(res), rstride, ptr<const float*>(mask), relu, \
                            nthreads);
