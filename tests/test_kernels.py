@@ -92,6 +92,22 @@ def test_every_variant_matches_conv2d(variant):
     torch.testing.assert_close(y, (F.conv2d(x, w, b, padding=1) + res).relu(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("hw, stride", [(4, 1), (8, 1), (16, 2), (32, 1), (9, 1)])
+def test_channels_kernel_matches_conv2d(hw, stride):
+    torch.manual_seed(4)
+    x = torch.randn(1, 6, hw, hw)
+    w = torch.randn(19, 6, 3, 3) * (torch.rand(19, 6, 3, 3) > 0.3)  # 19: a partial group of 16 channels
+    b = torch.randn(19)
+    expected = F.conv2d(x, w, b, stride=stride, padding=1)
+    res = torch.randn_like(expected)
+    if expected.shape[-1] not in (4, 8) and expected.shape[-1] % 16:
+        with pytest.raises(K.PruneBenchError, match="channels kernel"):
+            sparse_conv2d(x, w, b, stride=stride, padding=1, variant=Variant("channels", 16, 1))
+        return
+    y = sparse_conv2d(x, w, b, stride=stride, padding=1, residual=res, relu=True, variant=Variant("channels", 16, 1))
+    torch.testing.assert_close(y, (expected + res).relu(), atol=1e-5, rtol=1e-5)
+
+
 def test_threads_do_not_change_the_result():
     torch.manual_seed(1)
     x = torch.randn(3, 8, 6, 6)
@@ -153,7 +169,7 @@ def test_matches_conv2d_on_random_shapes(n, cin, cout, h, w, k, stride, padding,
 def test_candidates_are_all_compiled(n, c, hw, density):
     geom = ConvGeometry.make(Act(c, hw, hw, n, 1), c, (3, 3), 1, 1, 1)
     variants = K.candidate_variants(geom, density, everything=True)
-    assert variants and all(v.kind == "torch" or (v.R, v.V) in KERNELS for v in variants)
+    assert variants and all(v.kind in ("torch", "channels") or (v.R, v.V) in KERNELS for v in variants)
     assert any(v.kind in ("dense", "torch") for v in variants)
 
 

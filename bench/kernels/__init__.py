@@ -311,7 +311,8 @@ def dense_nbytes(weight: torch.Tensor, bias_len: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """How one convolution is computed: ``kind`` is "sparse" (R=1), "grouped" (R>1, union pattern),
-    "dense" (every weight, own kernel) or "torch" (torch's dense conv2d on a view of the layout)."""
+    "dense" (every weight, own kernel), "channels" (16 output channels per vector, union pattern:
+    for small images) or "torch" (torch's dense conv2d on a view of the layout)."""
 
     kind: str
     R: int = 1
@@ -320,8 +321,8 @@ class Variant:
     chunk: int = 0  # input channels per pass (0: all), so a pass's input planes stay in cache
 
     def __str__(self) -> str:
-        if self.kind == "torch":
-            return "torch"
+        if self.kind in ("torch", "channels"):
+            return self.kind
         extra = (f",block={self.block}" if self.block else "") + (f",chunk={self.chunk}" if self.chunk else "")
         return f"{self.kind}(R={self.R},V={self.V}{extra})"
 
@@ -350,6 +351,23 @@ class ConvOp:
         src_buf = inp if geom.direct else phases
         res_ptr = residual.data_ptr() if residual is not None else 0
         res_stride = residual.stride(0) if residual is not None else 0
+        if variant.kind == "channels":
+            if geom.out.N != 1 or not (geom.out.W in (4, 8) or geom.out.W % 16 == 0):
+                raise PruneBenchError("the channels kernel takes one image 4, 8 or a multiple of 16 wide")
+            if packed is None or packed.R != 16:
+                packed = PackedWeights.pack(self.weight, self.bias, geom.tap_offsets(), 16)
+            self.packed = p = packed
+            self.bias16 = torch.zeros(-(-p.cout // 16) * 16)
+            self.bias16[: p.cout] = p.bias
+            self._args = (
+                src_buf.data_ptr(), out.data_ptr(), out.stride(0), p.cout, t0, geom.out.H, geom.out.W, geom.out.pitch,
+                p.gptr.data_ptr(),
+                p.src.data_ptr(), p.val.data_ptr(), self.bias16.data_ptr(), res_ptr, res_stride, self.mask.data_ptr(),
+                relu, threads,
+            )
+            self._conv = kernel_module().conv_channels
+            self._call = self._kernel
+            return
         if packed is None or packed.R != variant.R:
             packed = PackedWeights.pack(self.weight, self.bias, geom.tap_offsets(), variant.R, dense=variant.kind == "dense")
         self.packed = p = packed
@@ -418,6 +436,9 @@ def candidate_variants(geom: ConvGeometry, density: float, everything: bool = Fa
     if density > 0.25 or everything:
         for r in (8, 4):
             out += [Variant("dense", r, widest(r, vectors), b, c) for c in chunks[::2] for b in blocks]
+        w = geom.out.W
+        if geom.out.N == 1 and (w in (4, 8) or w % 16 == 0):  # lanes over channels waste none on borders
+            out.append(Variant("channels", 16, 1))
         if batched or everything:  # one image: our dense kernel wins, and torch's threads spin under load
             out.append(Variant("torch"))
     return out

@@ -281,8 +281,89 @@ void conv(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, 
 
 
 
+// ---- "channels": 16 output channels in one vector (their weights for one input tap are one load), and a
+// tile of ROWS x W output positions, each a broadcast of one input value. Every lane does useful work however
+// small the image (a 4x4 plane is 16 positions, not 2 vectors partly spent on borders); for dense and mildly
+// sparse layers on small images of one picture, as NCHWc engines do it. Weights: PackedWeights with R = 16.
+template <int ROWS, int W>
+static inline void ctile(const float* in, float* out, int64_t ostride, int64_t t, int64_t pitch, const int32_t* src,
+                         const float* val, int64_t kb, int64_t ke, const float* bias, const float* res,
+                         int64_t rstride, const float* mask, bool relu, int nr) {
+    vf acc[ROWS][W];
+    const vf b = *(const vf*)bias;  // bias of these 16 channels (padded)
+    for (int y = 0; y < ROWS; y++)
+        for (int x = 0; x < W; x++) acc[y][x] = b;
+    for (int64_t k = kb; k < ke; k++) {
+        const float* p = in + src[k] + t;
+        const vf w = ld(val + 16 * k);
+        for (int y = 0; y < ROWS; y++)
+            for (int x = 0; x < W; x++) acc[y][x] += bc(p[y * pitch + x]) * w;
+    }
+    for (int y = 0; y < ROWS; y++)
+        for (int x = 0; x < W; x++) {
+            float v16[16];
+            *(vf*)v16 = acc[y][x];
+            const int64_t q = t + y * pitch + x;
+            for (int r = 0; r < nr; r++) {
+                float v = v16[r];
+                if (res) v += res[r * rstride + q];
+                if (relu) v = v > 0 ? v : 0;
+                out[r * ostride + q] = v * mask[q];
+            }
+        }
+}
+
+// rows of W positions (W = 4, 8, 16 or 32 images... of one picture): tiles of 16 positions, whole rows at a time
+template <int W>
+static void crows(const float* in, float* out, int64_t ostride, int64_t t0, int64_t nrows, int64_t pitch,
+                  const int32_t* src, const float* val, int64_t kb, int64_t ke, const float* bias, const float* res,
+                  int64_t rstride, const float* mask, bool relu, int nr) {
+    constexpr int ROWS = W >= 16 ? 1 : 16 / W;
+    constexpr int XS = W >= 16 ? 16 : W;  // positions per row in one tile
+    for (int64_t y = 0; y < nrows; y += ROWS) {
+        for (int64_t x = 0; x < W; x += XS) {
+            const int64_t t = t0 + y * pitch + x;
+            if (y + ROWS <= nrows) {
+                ctile<ROWS, XS>(in, out, ostride, t, pitch, src, val, kb, ke, bias, res, rstride, mask, relu, nr);
+            } else {
+                for (int64_t yy = y; yy < nrows; yy++)
+                    ctile<1, XS>(in, out, ostride, t0 + yy * pitch + x, pitch, src, val, kb, ke, bias, res, rstride,
+                                 mask, relu, nr);
+            }
+        }
+    }
+}
+
+void conv_channels(int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t nrows, int64_t width,
+                   int64_t pitch, int64_t gptr, int64_t src, int64_t val, int64_t bias16, int64_t res, int64_t rstride,
+                   int64_t mask, bool relu, int nthreads) {
+    if (width != 4 && width != 8 && width % 16 != 0)
+        throw std::invalid_argument("sparse_conv: the channels kernel takes images 4, 8 or a multiple of 16 wide");
+    const int64_t ngroups = (cout + 15) / 16;
+    const int64_t* gp = ptr<const int64_t*>(gptr);
+    nthreads = (int)std::max<int64_t>(1, std::min<int64_t>(nthreads, ngroups));
+    pool().run(nthreads, [&](int64_t tid, int64_t nt) {
+        for (int64_t g = ngroups * tid / nt; g < ngroups * (tid + 1) / nt; g++) {
+            const int nr = (int)std::min<int64_t>(16, cout - g * 16);
+            float* o = ptr<float*>(out) + g * 16 * ostride;
+            const float* r = res ? ptr<const float*>(res) + g * 16 * rstride : nullptr;
+            const float* b = ptr<const float*>(bias16) + g * 16;
+            const float* in_ = ptr<const float*>(in);
+            const int32_t* s = ptr<const int32_t*>(src);
+            const float* v = ptr<const float*>(val);
+            const float* m = ptr<const float*>(mask);
+            if (width == 4) crows<4>(in_, o, ostride, t0, nrows, pitch, s, v, gp[g], gp[g + 1], b, r, rstride, m, relu, nr);
+            else if (width == 8) crows<8>(in_, o, ostride, t0, nrows, pitch, s, v, gp[g], gp[g + 1], b, r, rstride, m, relu, nr);
+            else
+                for (int64_t x = 0; x < width; x += 16)
+                    crows<16>(in_, o, ostride, t0 + x, nrows, pitch, s, v, gp[g], gp[g + 1], b, r, rstride, m, relu, nr);
+        }
+    });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "sparse direct convolution kernels for prunebench";
     m.def("conv", &conv, "sparse direct convolution over a flat zero-bordered layout (pointers as integers)");
+    m.def("conv_channels", &conv_channels, "convolution with 16 output channels per vector (small images)");
     m.def("phases", &phases, "split planes into stride x stride phase planes (space-to-depth)");
 }
