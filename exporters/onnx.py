@@ -170,9 +170,9 @@ def export_model(
     rtol * |PyTorch|); the zero weights of the file against the model's.
     ``input_shape`` is one input without its batch axis.
     """
-    import onnx
-
     settings = settings or OnnxSettings()
+    if any(hasattr(m, "weight_orig") for m in model.modules()):
+        raise PruneBenchError("the model still has pruning masks attached: make them permanent first (make_permanent_)")
     if settings.opset < MIN_OPSET:
         raise PruneBenchError(
             f"opset {settings.opset} is below {MIN_OPSET}, the lowest the torch.export-based exporter writes"

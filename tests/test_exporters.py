@@ -233,3 +233,13 @@ def test_sparse_errors(case, tmp_path, resnet_checkpoint, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1, err
     if case == "exists":
         assert (tmp_path / "out.pt").read_text() == "keep me"
+
+
+def test_onnx_export_refuses_attached_masks(tmp_path):
+    from torch.nn.utils import prune as torch_prune
+
+    model = tiny()
+    torch_prune.l1_unstructured(model.conv1, "weight", amount=0.5)
+    with pytest.raises(PruneBenchError, match="masks attached"):
+        onnx_export.export_model(model, tmp_path / "m.onnx", input_shape=(3, 8, 8))
+    assert not (tmp_path / "m.onnx").exists()
