@@ -18,6 +18,13 @@ from torch import nn
 from prune.errors import PruneBenchError
 
 
+class NotApplicable(PruneBenchError):
+    """``prepare`` cannot run this model on this backend (e.g. a 2:4 backend given a model with no 2:4 layer).
+
+    The suite turns it into a skip that gives the reason, not a failure.
+    """
+
+
 @dataclasses.dataclass
 class Prepared:
     """A model made ready on one backend. Only ``run(inputs)`` is timed."""
@@ -48,6 +55,9 @@ BACKENDS: dict[str, str] = {
     "torch-dense": "bench.backends.torch_dense:BACKEND",
     "torch-sparse": "bench.backends.torch_sparse:BACKEND",
     "onnxruntime": "bench.backends.onnxruntime:BACKEND",
+    "sparse-direct": "bench.backends.sparse_direct:BACKEND",
+    "torch-dense-folded": "bench.backends.torch_folded:BACKEND",
+    "torch-compile": "bench.backends.torch_compile:BACKEND",
     "torch-dense-channels-last": "bench.backends.cuda_dense:CHANNELS_LAST",
     "torch-cuda-graph": "bench.backends.cuda_dense:CUDA_GRAPH",
     "torch-compile-cuda": "bench.backends.cuda_dense:COMPILE",

@@ -21,7 +21,7 @@ import functools
 import torch
 from torch import nn
 
-from bench.backends import Backend, Prepared, cuda_unavailable
+from bench.backends import Backend, NotApplicable, Prepared, cuda_unavailable
 from bench.backends.convmm import convert_convs_, dense_linear, inference_copy
 from bench.backends.cuda_dense import TOLERANCE
 from prune.errors import PruneBenchError
@@ -88,7 +88,7 @@ def _prepare(model: nn.Module, example: torch.Tensor, device: str, threads: int,
     model, choices = prepare_model(model, device, dtype, kernel)
     converted = sum(c == "converted" for c in choices.values())
     if kernel != "dense" and converted == 0:
-        raise PruneBenchError(
+        raise NotApplicable(
             "no conv of this model is 2:4 sparse along (kh, kw, Cin): prune it with the 2:4 strategy first"
         )
     inputs = example.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
