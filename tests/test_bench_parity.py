@@ -23,8 +23,13 @@ def test_cuda_with_tf32_widens_fp32_tolerance_and_says_so(monkeypatch):
 def test_cuda_without_tf32_is_strict_fp32(monkeypatch):
     dense = get_backend("torch-dense")
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert parity_tolerance(dense, "cuda") == (dense.atol, dense.rtol, False)
+    matmul = torch.backends.cuda.matmul  # a module-like object monkeypatch cannot restore: do it by hand
+    saved = matmul.allow_tf32
+    matmul.allow_tf32 = False
+    try:
+        assert parity_tolerance(dense, "cuda") == (dense.atol, dense.rtol, False)
+    finally:
+        matmul.allow_tf32 = saved
 
 
 def test_fp16_backend_keeps_its_wider_tolerance(monkeypatch):
