@@ -126,8 +126,9 @@ def format_table(p: Profile) -> str:
         f"could speed them up at most {p.limit:.2f}x; the per-layer choice reaches {dense / chosen:.2f}x over the best "
         f"dense variant of each layer ({chosen:.3f} ms against {dense:.3f} ms summed).",
         f"Weights as run: {weight / 2**20:.2f} MiB against {dense_bytes / 2**20:.2f} MiB dense fp32.",
-        "dense = the faster of our dense direct kernel and torch's conv2d on the same layout; "
-        "sparse = the fastest sparse variant; speedup = dense / chosen.",
+        "dense = the fastest variant computing every weight (our dense kernels, lanes over positions or over "
+        "16 channels, and torch's conv2d on the same layout); sparse = the fastest variant skipping zero weights; "
+        "speedup = dense / chosen.",
     ]
     return "\n".join(lines)
 
@@ -148,7 +149,7 @@ def plot(p: Profile, path: Path) -> None:
     ax.bar([i - width / 2 for i in x], dense, width, label="dense (best)", color="#8c8c8c")
     ax.bar([i + width / 2 for i in x], sparse, width, label="sparse (best)", color="#1f77b4")
     for i, r in enumerate(p.layers):
-        chosen_sparse = r.choice.startswith(("sparse", "grouped"))
+        chosen_sparse = r.choice.startswith(("sparse", "grouped"))  # else a dense variant
         ax.plot(i + (width / 2 if chosen_sparse else -width / 2), r.times_ms[r.choice] * 1.12, "v", color="#d62728",
                 markersize=6, label="chosen" if i == 0 else None)
     ax.set_yscale("log")

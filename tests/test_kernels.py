@@ -168,7 +168,7 @@ def test_matches_conv2d_on_random_shapes(n, cin, cout, h, w, k, stride, padding,
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.5, 1.0])
 def test_candidates_are_all_compiled(n, c, hw, density):
     geom = ConvGeometry.make(Act(c, hw, hw, n, 1), c, (3, 3), 1, 1, 1)
-    variants = K.candidate_variants(geom, density, everything=True)
+    variants = K.candidate_variants(geom, density, threads=2, everything=True)
     assert variants and all(v.kind in ("torch", "channels") or (v.R, v.V) in KERNELS for v in variants)
     assert any(v.kind in ("dense", "torch") for v in variants)
 

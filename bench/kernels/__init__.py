@@ -311,8 +311,8 @@ def dense_nbytes(weight: torch.Tensor, bias_len: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """How one convolution is computed: ``kind`` is "sparse" (R=1), "grouped" (R>1, union pattern),
-    "dense" (every weight, own kernel), "channels" (16 output channels per vector, union pattern:
-    for small images) or "torch" (torch's dense conv2d on a view of the layout)."""
+    "dense" (every weight, own kernel), "channels" (every weight, 16 output channels per vector: for
+    small images) or "torch" (torch's dense conv2d on a view of the layout)."""
 
     kind: str
     R: int = 1
@@ -355,7 +355,7 @@ class ConvOp:
             if geom.out.N != 1 or not (geom.out.W in (4, 8) or geom.out.W % 16 == 0):
                 raise PruneBenchError("the channels kernel takes one image 4, 8 or a multiple of 16 wide")
             if packed is None or packed.R != 16:
-                packed = PackedWeights.pack(self.weight, self.bias, geom.tap_offsets(), 16)
+                packed = PackedWeights.pack(self.weight, self.bias, geom.tap_offsets(), 16, dense=True)
             self.packed = p = packed
             self.bias16 = torch.zeros(-(-p.cout // 16) * 16)
             self.bias16[: p.cout] = p.bias
@@ -406,20 +406,30 @@ class ConvOp:
         return self.packed.nbytes
 
 
-def candidate_variants(geom: ConvGeometry, density: float, everything: bool = False) -> list[Variant]:
+def candidate_variants(geom: ConvGeometry, density: float, threads: int = 1, everything: bool = False) -> list[Variant]:
     """The variants worth timing for this layer: sparse tilings, grouped, dense, torch.
 
-    Tiles (V) are the largest that fit the plane; several images per plane also try
-    input-channel chunks and position blocks, which keep the planes a pass reads in
-    cache. Dense variants are skipped where at most a quarter of the weights are
-    left (sparse wins there) unless ``everything`` (profiles want both times).
+    Tiles (V) are the largest that fit the plane. Several images per plane also try
+    input-channel chunks and position blocks, which keep what a pass reads and the
+    partial sums it writes in cache; with more than one thread they always split the
+    positions into blocks (threads splitting only the output channels would each
+    stream every partial sum through memory, and two threads ran no faster than one).
+    Dense variants are skipped where at most a quarter of the weights are left
+    (sparse wins there) unless ``everything`` (profiles want both times).
     """
     t0, t1 = geom.out.valid_range()
     vectors = max(1, math.ceil((t1 - t0) / VEC))
     cin = geom.inp.C
     batched = geom.inp.N > 1
     chunks = [0] + [c for c in ((8, 32) if batched else (64,)) if c < cin]
-    blocks = [0, 2048] if batched and vectors > 128 else [0]
+    blocks = [0]
+    if batched:
+        o = geom.out
+        row = o.pitch * o.N  # whole rows per block: the kernel then skips the wrap-around in between
+        per_thread = row * -(-o.H // (2 * threads)) if o.H >= 2 * threads else -(-(t1 - t0) // (2 * threads))
+        blocks = [0] if threads == 1 else [per_thread]
+        if vectors > 128 and (threads == 1 or per_thread > 4096):
+            blocks.append(2048)
     fitting = [v for r, v in KERNELS if r == 1 and v <= vectors]
 
     def widest(r: int, most: int) -> int:  # the widest compiled tile for R = r of at most ``most`` vectors
@@ -430,9 +440,9 @@ def candidate_variants(geom: ConvGeometry, density: float, everything: bool = Fa
         for v in fitting[-2:] if batched else fitting[-3:]:
             out += [Variant("sparse", 1, v, b, c) for c in chunks for b in blocks]
         if density > 0.1:
-            out += [Variant("grouped", 4, widest(4, vectors), 0, c) for c in chunks[:2]]
+            out += [Variant("grouped", 4, widest(4, vectors), blocks[-1], c) for c in chunks[:2]]
     else:
-        out.append(Variant("sparse", 1, 1))  # every weight zero: bias (+ residual, ReLU) only
+        out.append(Variant("sparse", 1, 1, blocks[-1]))  # every weight zero: bias (+ residual, ReLU) only
     if density > 0.25 or everything:
         for r in (8, 4):
             out += [Variant("dense", r, widest(r, vectors), b, c) for c in chunks[::2] for b in blocks]

@@ -77,17 +77,15 @@ class LayerRecord:
 
     @property
     def sparse_ms(self) -> float | None:
+        """The fastest variant that skips zero weights (sparse, grouped)."""
         t = [v for k, v in self.times_ms.items() if k.startswith(("sparse", "grouped"))]
         return min(t) if t else None
 
     @property
     def dense_ms(self) -> float | None:
-        t = [v for k, v in self.times_ms.items() if k.startswith(("dense", "torch"))]
+        """The fastest variant that computes every weight (our dense kernels, torch's conv2d)."""
+        t = [v for k, v in self.times_ms.items() if k.startswith(("dense", "torch", "channels"))]
         return min(t) if t else None
-
-
-def _kind_of(choice: str) -> str:
-    return choice.split("(")[0]
 
 
 @dataclasses.dataclass
@@ -358,13 +356,14 @@ def compile_model(model: nn.Module, example: torch.Tensor, threads: int,
         def make(v: Variant) -> ConvOp:
             packed = None
             if v.kind != "torch":
-                key_w = (v.kind == "dense", v.R)
+                dense = v.kind in ("dense", "channels")
+                key_w = (dense, v.R)
                 if key_w not in packs:
-                    packs[key_w] = PackedWeights.pack(weight, conv.bias, offsets, v.R, dense=v.kind == "dense")
+                    packs[key_w] = PackedWeights.pack(weight, conv.bias, offsets, v.R, dense=dense)
                 packed = packs[key_w]
             return ConvOp(geom, weight, conv.bias, v, p.inp.buf, out, phases, res, p.relu, threads, mask, packed)
 
-        variants = candidate_variants(geom, density, settings.time_everything)
+        variants = candidate_variants(geom, density, threads, settings.time_everything)
         if settings.force:
             variants = [v for v in variants if v.kind == settings.force] or [
                 Variant("dense", 8, 1) if settings.force == "dense" else Variant(settings.force)
