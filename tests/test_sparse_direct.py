@@ -135,7 +135,7 @@ def test_batch_runs_in_chunks():
     model = tiny_model(seed=1)
     x = torch.randn(32, 3, 8, 8)
     engine = compile_model(model, x, threads=2, settings=no_cache(chunk=16))
-    assert engine.chunk == 16
+    assert engine.chunk == 16 and len(engine.engines) == 2  # two chunks, two threads: one engine each
     with torch.no_grad():
         torch.testing.assert_close(engine.run(x), model(x), atol=1e-5, rtol=1e-5)
     with pytest.raises(PruneBenchError, match="chunks of 16"):

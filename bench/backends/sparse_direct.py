@@ -36,6 +36,7 @@ def _prepare(model: nn.Module, example: torch.Tensor, device: str, threads: int)
         "weight_bytes": engine.weight_bytes,
         "dense_weight_bytes": engine.dense_bytes,
         "chunk": engine.chunk,
+        "threading": "one engine per thread, each on its own chunks" if hasattr(engine, "engines") else "threads split each layer",
         "choice_cache_hits": engine.cache_hits,
     }
     return Prepared(run=run, inputs=inputs, info=info)

@@ -55,6 +55,7 @@ class EngineSettings:
         )
     )
     force: str | None = None  # "sparse", "dense" or "torch": every conv uses that kind (profiling, tests)
+    batch_parallel: bool = True  # with at least as many chunks as threads: one single-threaded engine per thread
     time_everything: bool = False  # also time the dense variants of very sparse layers (per-layer profiles)
 
 
@@ -261,13 +262,76 @@ def _warm_up(threads: int) -> None:
         sparse_conv2d(x, torch.ones(16, 16, 3, 3), padding=1, threads=threads)
 
 
+class ParallelEngine:
+    """Several single-threaded engines, each running its own chunks of the batch at the same time.
+
+    With 16 images per chunk, threads that split one layer both stream its whole
+    activations through a cache they share; threads that each own whole chunks keep
+    their working sets apart, and scale as one thread does.
+    """
+
+    def __init__(self, engines: list[Engine]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.engines = engines
+        self.chunk = engines[0].chunk
+        self.threads = len(engines)
+        self.layers = engines[0].layers
+        self.cache_hits = engines[0].cache_hits
+        self._pool = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="sparse-direct")
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n % self.chunk:
+            raise PruneBenchError(f"batch of {n} does not split into the engine's chunks of {self.chunk}")
+        starts = list(range(0, n, self.chunk))
+        out: list[torch.Tensor | None] = [None] * len(starts)
+
+        def work(k: int):  # engine k takes chunks k, k + threads, ...
+            engine = self.engines[k]
+            for j in range(k, len(starts), len(self.engines)):
+                out[j] = engine._run_chunk(x[starts[j] : starts[j] + self.chunk]).clone()
+
+        for future in [self._pool.submit(work, k) for k in range(min(len(self.engines), len(starts)))]:
+            future.result()
+        return torch.cat(out)
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.engines[0].features(x)
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.engines[0].weight_bytes
+
+    @property
+    def dense_bytes(self) -> int:
+        return self.engines[0].dense_bytes
+
+    def choices(self) -> dict[str, str]:
+        return self.engines[0].choices()
+
+
 def compile_model(model: nn.Module, example: torch.Tensor, threads: int,
-                  settings: EngineSettings | None = None, progress: Callable[[str], None] | None = None) -> Engine:
-    """Lower ``model`` (eval mode, CPU, fp32) for batches shaped like ``example``.
+                  settings: EngineSettings | None = None, progress: Callable[[str], None] | None = None):
+    """Lower ``model`` (eval mode, CPU, fp32) for batches shaped like ``example``: an ``Engine``, or a
+    ``ParallelEngine`` of ``threads`` engines when the batch splits into at least that many chunks.
 
     ``progress(name)`` is called as each conv is prepared (for a progress bar).
     """
     settings = settings or EngineSettings()
+    n = example.shape[0] if example.dim() == 4 else 0
+    chunks = n // settings.chunk if settings.chunk and n > settings.chunk and n % settings.chunk == 0 else 1
+    if settings.batch_parallel and threads > 1 and chunks >= threads:
+        first = _compile(model, example, 1, settings, progress)
+        rest = [_compile(model, example, 1, settings, None, first.choices()) for _ in range(threads - 1)]
+        torch.set_num_threads(threads)
+        return ParallelEngine([first] + rest)
+    return _compile(model, example, threads, settings, progress)
+
+
+def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: EngineSettings,
+             progress: Callable[[str], None] | None = None, choices: dict[str, str] | None = None) -> Engine:
+    """One engine; ``choices`` (conv name -> variant, from an engine built alike) skips the timing."""
     if example.dim() != 4:
         raise PruneBenchError(f"sparse-direct runs image models: input of shape {tuple(example.shape)} is not NCHW")
     n = example.shape[0]
@@ -370,7 +434,7 @@ def compile_model(model: nn.Module, example: torch.Tensor, threads: int,
             ]
         by_name = {str(v): v for v in variants}
         times: dict[str, float] = {}
-        cached = cache.get(key)
+        cached = choices.get(p.name) if choices else cache.get(key)
         if cached is not None and cached in by_name:
             chosen = by_name[cached]
             engine.cache_hits += 1

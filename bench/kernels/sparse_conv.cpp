@@ -363,7 +363,9 @@ void conv_channels(int64_t in, int64_t out, int64_t ostride, int64_t cout, int64
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "sparse direct convolution kernels for prunebench";
-    m.def("conv", &conv, "sparse direct convolution over a flat zero-bordered layout (pointers as integers)");
-    m.def("conv_channels", &conv_channels, "convolution with 16 output channels per vector (small images)");
-    m.def("phases", &phases, "split planes into stride x stride phase planes (space-to-depth)");
+    // the GIL is released while a kernel runs, so Python threads can drive engines on separate batches at once
+    using release = pybind11::call_guard<pybind11::gil_scoped_release>;
+    m.def("conv", &conv, release(), "sparse direct convolution over a flat zero-bordered layout (pointers as integers)");
+    m.def("conv_channels", &conv_channels, release(), "convolution with 16 output channels per vector (small images)");
+    m.def("phases", &phases, release(), "split planes into stride x stride phase planes (space-to-depth)");
 }
