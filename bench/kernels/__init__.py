@@ -8,16 +8,26 @@ the next, which wastes fewer lanes on small images). Because every
 plane is flat and zero-bordered, one tap (ky, kx) of a stride-1 convolution is a
 constant shift of the flat index, so a convolution is, per output channel, a sum
 of shifted contiguous vectors times scalars: one per nonzero weight, no im2col.
-Wrap-around positions between rows are computed and then zeroed by a mask. A
-strided convolution first splits its input into s*s phases (space-to-depth), after
-which each tap is again a constant shift.
+Wrap-around positions between rows are computed and zeroed by a mask, or skipped
+where each image row is whole vectors (16 images innermost). A strided
+convolution first splits its input into s*s phases (space-to-depth), after which
+each tap is again a constant shift.
+
+Variants of one convolution (``Variant``), timed against each other per layer:
+"sparse" (each output channel's nonzeros; the tile of V vectors stays in
+registers), "grouped" (R channels share the union of their patterns), "dense"
+(every weight, R channels x V vectors per tile), "channels" (every weight, 16
+output channels per vector: small single images) and "torch" (torch's conv2d).
+Several images per pass can also split the input channels into chunks and the
+positions into blocks, so that what a pass reads stays in cache.
 
 The kernel (``sparse_conv.cpp``) is built once per machine with
-``torch.utils.cpp_extension.load_inline`` (-O3 -march=native, its own thread pool) into
-torch's extension cache and reused from there; it takes the thread count on every
-call. Approach after Elsen et al. 2020, "Fast Sparse ConvNets" (per-output-channel
-nonzeros, output tile in registers, inner loop over spatial positions), applied to
-3x3 and strided convolutions through the flat shifted layout.
+``torch.utils.cpp_extension.load_inline`` (-O3 -march=native) into torch's
+extension cache and reused from there; it runs on its own small thread pool and
+takes the thread count on every call. Approach after Elsen et al. 2020, "Fast
+Sparse ConvNets" (per-output-channel nonzeros, output tile in registers, inner
+loop over spatial positions), carried to 3x3 and strided convolutions by the
+flat shifted layout.
 """
 
 from __future__ import annotations
@@ -62,9 +72,11 @@ def _load():
         except ImportError:
             pass  # load_inline then says ninja is missing, and kernel_module() passes that on
 
+    from prune.platform import cpu_name
+
     source = SOURCE.read_text()
-    # the name carries a hash of source and flags, so an edited kernel never loads a stale build
-    digest = hashlib.sha1((source + " ".join(CFLAGS)).encode()).hexdigest()[:10]
+    # the name carries a hash of source, flags and CPU (-march=native), so no stale or foreign build loads
+    digest = hashlib.sha1((source + " ".join(CFLAGS) + cpu_name()).encode()).hexdigest()[:10]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return cpp_extension.load_inline(

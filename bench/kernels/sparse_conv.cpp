@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -32,6 +33,8 @@ static inline void cpu_relax() {
 
 class Pool {
   public:
+    static constexpr std::chrono::microseconds kSpin{300}, kYield{3000};
+
     template <typename F>
     void run(int n, F&& f) {  // f(tid, n) on n threads, this one included; returns when all are done
         if (n <= 1) {
@@ -50,8 +53,9 @@ class Pool {
             wake_.notify_all();
         }
         f(0, n);
+        const auto start = std::chrono::steady_clock::now();
         for (int spins = 0; pending_.load(std::memory_order_acquire) > 0; spins++) {
-            if (spins < 4000) cpu_relax();
+            if ((spins & 63) || std::chrono::steady_clock::now() - start < kSpin) cpu_relax();
             else sched_yield();
         }
     }
@@ -66,12 +70,18 @@ class Pool {
         }
     }
 
+    // a waiting worker spins for kSpin (a forward's next layer comes within microseconds), then yields
+    // its core until kYield, then sleeps: an idle pool costs nothing, a busy one answers at once
+
     void loop(int tid, uint64_t seen) {
         for (;;) {
+            const auto start = std::chrono::steady_clock::now();
+            auto waited = std::chrono::steady_clock::duration::zero();
             for (int spins = 0; gen_.load(std::memory_order_seq_cst) == seen; spins++) {
-                if (spins < 4000) {
+                if ((spins & 63) == 0) waited = std::chrono::steady_clock::now() - start;
+                if (waited < kSpin) {
                     cpu_relax();
-                } else if (spins < 8000) {
+                } else if (waited < kYield) {
                     sched_yield();
                 } else {
                     std::unique_lock<std::mutex> lock(mutex_);
