@@ -33,7 +33,7 @@ static inline void cpu_relax() {
 
 class Pool {
   public:
-    static constexpr std::chrono::microseconds kSpin{300}, kYield{3000};
+    static constexpr std::chrono::microseconds kSpin{500}, kYield{3000};
 
     template <typename F>
     void run(int n, F&& f) {  // f(tid, n) on n threads, this one included; returns when all are done
@@ -250,6 +250,7 @@ void phases(int64_t in, int64_t istride, int64_t C, int64_t rows, int64_t pitch,
     const float* src = reinterpret_cast<const float*>(in);
     float* dst = reinterpret_cast<float*>(out);
     const int64_t items = s * s * C;
+    if (C * rows * pitch * n < (1 << 18)) nthreads = 1;  // a small copy: waking a thread costs more
     pool().run((int)std::max<int64_t>(1, std::min<int64_t>(nthreads, items)), [&](int64_t tid, int64_t nt) {
         for (int64_t item = items * tid / nt; item < items * (tid + 1) / nt; item++) {
             const int64_t ph = item / C, c = item % C;
