@@ -5,8 +5,12 @@ and for each conv the fastest of its sparse and dense variants, timed on this ma
 walks it once: convolutions (with a following ReLU, or a residual add and then a ReLU)
 become ``ConvOp``s between preallocated buffers; identities are aliases; everything else
 (pooling, flatten, the classifier) runs as the original torch op on ordinary tensors.
-Choices are cached in memory and on disk, keyed by the layer's weights, geometry,
-batch, threads, CPU and kernel build, so a second prepare of the same model is quick.
+Choices are cached on disk (``EngineSettings.cache_dir``), keyed by the layer's weights,
+geometry, fused epilogue, batch, threads, CPU and kernel source, so a second prepare of
+the same model is quick; delete the folder to time every layer afresh.
+
+A batch of several chunks of 16 images with several threads runs as a
+``ParallelEngine``: one single-threaded engine per thread, each on its own chunks.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ class EngineSettings:
             "PRUNEBENCH_CACHE", str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prunebench")
         )
     )
-    force: str | None = None  # "sparse", "dense" or "torch": every conv uses that kind (profiling, tests)
+    force: str | None = None  # "sparse", "dense", "channels" or "torch": every conv uses that kind (tests)
     batch_parallel: bool = True  # with at least as many chunks as threads: one single-threaded engine per thread
     time_everything: bool = False  # also time the dense variants of very sparse layers (per-layer profiles)
 

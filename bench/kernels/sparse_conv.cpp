@@ -22,9 +22,10 @@
 #include <type_traits>
 #include <vector>
 
-// ---- a small thread pool. Waiting threads spin briefly, then yield, then sleep: on a CPU shared with
-// other processes, OpenMP's long spin-waits let a descheduled partner stall every layer for a whole
-// scheduler tick; here a waiting thread soon gives its core away, and an idle pool costs nothing.
+// ---- a small thread pool. A call is cut into units that threads take one at a time as they come free, so
+// a thread the OS does not schedule in time (the CPU is shared) simply takes fewer units instead of holding
+// the layer up; with static shares a descheduled partner stalls every layer for a scheduler tick. Waiting
+// threads spin briefly, then yield, then sleep: an idle pool costs nothing, a busy one answers at once.
 static inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
@@ -35,49 +36,66 @@ class Pool {
   public:
     static constexpr std::chrono::microseconds kSpin{500}, kYield{3000};
 
+    // f(unit) for every unit in [0, units), on up to n threads (this one included); returns when all are done
     template <typename F>
-    void run(int n, F&& f) {  // f(tid, n) on n threads, this one included; returns when all are done
-        if (n <= 1) {
-            f(0, 1);
+    void run(int n, int64_t units, F&& f) {
+        if (n <= 1 || units <= 1) {
+            for (int64_t u = 0; u < units; u++) f(u);
             return;
         }
+        if (units >= (int64_t(1) << kBits)) throw std::invalid_argument("sparse_conv: too many work units");
         grow(n - 1);
         using Fn = std::remove_reference_t<F>;
-        fn_ = [](void* ctx, int tid, int nt) { (*static_cast<Fn*>(ctx))(tid, nt); };
+        fn_ = [](void* ctx, int64_t u) { (*static_cast<Fn*>(ctx))(u); };
         ctx_ = const_cast<void*>(static_cast<const void*>(&f));
-        nt_ = n;
-        pending_.store((int)workers_.size(), std::memory_order_seq_cst);
-        gen_.fetch_add(1, std::memory_order_seq_cst);
+        done_.store(0, std::memory_order_relaxed);
+        gen_ = (gen_ + 1) & kGenMask;
+        state_.store(pack(gen_, units, 0), std::memory_order_seq_cst);  // publishes fn_ and ctx_
         if (sleepers_.load(std::memory_order_seq_cst) > 0) {
             std::lock_guard<std::mutex> lock(mutex_);
             wake_.notify_all();
         }
-        f(0, n);
+        work(gen_);
         const auto start = std::chrono::steady_clock::now();
-        for (int spins = 0; pending_.load(std::memory_order_acquire) > 0; spins++) {
+        for (int spins = 0; done_.load(std::memory_order_acquire) < units; spins++) {
             if ((spins & 63) || std::chrono::steady_clock::now() - start < kSpin) cpu_relax();
             else sched_yield();
         }
     }
 
   private:
+    static constexpr int kBits = 20;  // state: generation | units | next unit
+    static constexpr uint64_t kMask = (uint64_t(1) << kBits) - 1, kGenMask = (uint64_t(1) << 24) - 1;
+    static uint64_t pack(uint64_t gen, uint64_t units, uint64_t next) {
+        return gen << (2 * kBits) | units << kBits | next;
+    }
+
+    void work(uint64_t gen) {  // take units of call `gen` until none are left
+        uint64_t s = state_.load(std::memory_order_acquire);
+        for (;;) {
+            if ((s >> (2 * kBits)) != gen || (s & kMask) >= ((s >> kBits) & kMask)) return;
+            if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) {
+                fn_(ctx_, (int64_t)(s & kMask));  // fn_ and ctx_ stay this call's until all its units are done
+                done_.fetch_add(1, std::memory_order_release);
+                s = state_.load(std::memory_order_acquire);
+            }
+        }
+    }
+
     void grow(int n) {
         while ((int)workers_.size() < n) {
-            const int tid = (int)workers_.size() + 1;
-            const uint64_t seen = gen_.load();
-            workers_.emplace_back([this, tid, seen] { loop(tid, seen); });
+            const uint64_t seen = state_.load() >> (2 * kBits);
+            workers_.emplace_back([this, seen] { loop(seen); });
             workers_.back().detach();  // the pool lives as long as the process
         }
     }
 
-    // a waiting worker spins for kSpin (a forward's next layer comes within microseconds), then yields
-    // its core until kYield, then sleeps: an idle pool costs nothing, a busy one answers at once
-
-    void loop(int tid, uint64_t seen) {
+    void loop(uint64_t seen) {
         for (;;) {
             const auto start = std::chrono::steady_clock::now();
             auto waited = std::chrono::steady_clock::duration::zero();
-            for (int spins = 0; gen_.load(std::memory_order_seq_cst) == seen; spins++) {
+            auto current = [&] { return state_.load(std::memory_order_seq_cst) >> (2 * kBits); };
+            for (int spins = 0; current() == seen; spins++) {
                 if ((spins & 63) == 0) waited = std::chrono::steady_clock::now() - start;
                 if (waited < kSpin) {
                     cpu_relax();
@@ -86,24 +104,24 @@ class Pool {
                 } else {
                     std::unique_lock<std::mutex> lock(mutex_);
                     sleepers_.fetch_add(1, std::memory_order_seq_cst);
-                    wake_.wait(lock, [&] { return gen_.load(std::memory_order_seq_cst) != seen; });
+                    wake_.wait(lock, [&] { return current() != seen; });
                     sleepers_.fetch_sub(1, std::memory_order_seq_cst);
                 }
             }
-            seen = gen_.load(std::memory_order_acquire);
-            if (tid < nt_) fn_(ctx_, tid, nt_);
-            pending_.fetch_sub(1, std::memory_order_release);
+            seen = current();
+            work(seen);
         }
     }
 
     std::vector<std::thread> workers_;
-    std::atomic<uint64_t> gen_{0};
-    std::atomic<int> pending_{0}, sleepers_{0};
+    std::atomic<uint64_t> state_{0};
+    std::atomic<int64_t> done_{0};
+    std::atomic<int> sleepers_{0};
+    uint64_t gen_ = 0;  // written by the calling thread only
     std::mutex mutex_;
     std::condition_variable wake_;
-    void (*fn_)(void*, int, int) = nullptr;
+    void (*fn_)(void*, int64_t) = nullptr;
     void* ctx_ = nullptr;
-    int nt_ = 1;
 };
 
 static Pool& pool() {
@@ -185,9 +203,9 @@ static inline int64_t tail(const float* in, float* const* outp, int64_t t, int64
 }
 
 // cptr[g * (nchunks + 1) + c] .. [.. + c + 1]: group g's entries reading input-channel chunk c.
-// Each thread takes one contiguous range of (position block, channel group) work items (with one block,
-// a range of output channels) and runs it chunk by chunk, partial sums kept in out: one chunk's input
-// planes stay in cache across the thread's groups, and no barrier is needed between chunks.
+// Work items are (position block, channel group); with one block, threads split the output channels. A unit
+// of the pool is a range of consecutive items, run chunk by chunk with partial sums kept in out: one chunk's
+// input planes stay in cache across the unit's groups, and no barrier is needed between chunks.
 template <int R, int V>
 static void run(const float* in, float* out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1, int64_t block,
                 int64_t row_pitch, int64_t row_len, const int64_t* cptr, int64_t nchunks, const int32_t* src, const float* val, const float* bias,
@@ -199,9 +217,10 @@ static void run(const float* in, float* out, int64_t ostride, int64_t cout, int6
     const int64_t rows_per_block = row_len > 0 ? std::max<int64_t>(1, block / row_pitch) : 0;
     const int64_t nblocks = row_len > 0 ? (nrows + rows_per_block - 1) / rows_per_block : (t1 - t0 + block - 1) / block;
     const int64_t items = nblocks * ngroups;
-    nthreads = (int)std::max<int64_t>(1, std::min<int64_t>(nthreads, items));
-    pool().run(nthreads, [&](int64_t tid, int64_t nt) {
-        const int64_t lo = items * tid / nt, hi = items * (tid + 1) / nt;
+    // units of consecutive items, a few per thread: each runs chunk by chunk over its items
+    const int64_t units = std::min<int64_t>(items, 4 * std::max(1, nthreads));
+    pool().run(nthreads, units, [&](int64_t u) {
+        const int64_t lo = items * u / units, hi = items * (u + 1) / units;
         for (int64_t c = 0; c < nchunks; c++) {
             const bool first = c == 0, last = c == nchunks - 1;
             for (int64_t item = lo; item < hi; item++) {
@@ -251,8 +270,9 @@ void phases(int64_t in, int64_t istride, int64_t C, int64_t rows, int64_t pitch,
     float* dst = reinterpret_cast<float*>(out);
     const int64_t items = s * s * C;
     if (C * rows * pitch * n < (1 << 18)) nthreads = 1;  // a small copy: waking a thread costs more
-    pool().run((int)std::max<int64_t>(1, std::min<int64_t>(nthreads, items)), [&](int64_t tid, int64_t nt) {
-        for (int64_t item = items * tid / nt; item < items * (tid + 1) / nt; item++) {
+    const int64_t units = std::min<int64_t>(items, 4 * std::max(1, nthreads));
+    pool().run(nthreads, units, [&](int64_t u) {
+        for (int64_t item = items * u / units; item < items * (u + 1) / units; item++) {
             const int64_t ph = item / C, c = item % C;
             const int64_t a = ph / s, b = ph % s;
             const float* ip = src + c * istride;
@@ -352,9 +372,8 @@ void conv_channels(int64_t in, int64_t out, int64_t ostride, int64_t cout, int64
         throw std::invalid_argument("sparse_conv: the channels kernel takes images 4, 8 or a multiple of 16 wide");
     const int64_t ngroups = (cout + 15) / 16;
     const int64_t* gp = ptr<const int64_t*>(gptr);
-    nthreads = (int)std::max<int64_t>(1, std::min<int64_t>(nthreads, ngroups));
-    pool().run(nthreads, [&](int64_t tid, int64_t nt) {
-        for (int64_t g = ngroups * tid / nt; g < ngroups * (tid + 1) / nt; g++) {
+    pool().run(nthreads, ngroups, [&](int64_t g) {
+        {
             const int nr = (int)std::min<int64_t>(16, cout - g * 16);
             float* o = ptr<float*>(out) + g * 16 * ostride;
             const float* r = res ? ptr<const float*>(res) + g * 16 * rstride : nullptr;
