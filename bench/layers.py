@@ -1,5 +1,8 @@
-"""Per-layer profile of the sparse-direct backend: for every conv its shape, MACs, sparsity,
-dense and sparse time, the variant chosen, and the MAC-weighted limit; a Markdown table and a PNG plot.
+"""Per-layer profile of the sparse-direct backend: each conv's dense and sparse time and the choice.
+
+For every convolution its shape, MACs, sparsity, the best dense and best sparse
+time, the variant the backend chooses, and the MAC-weighted limit; printed as a
+Markdown table and, with ``-o``, written with a PNG plot.
 
     python -m bench.layers model.pt --batch-size 1 -o results/
     python -m bench.layers synthetic:0.9 --batch-size 64 --threads 2
@@ -73,6 +76,8 @@ def model_spec(text: str):
         if not 0.0 <= sparsity < 1.0:
             raise PruneBenchError(f"synthetic:{value}: the sparsity must be in [0, 1)")
         return bench_models.synthetic_specs([sparsity])[0]
+    if not Path(text).is_file():
+        raise PruneBenchError(f"no checkpoint file at {text}: give a checkpoint or synthetic:S (e.g. synthetic:0.9)")
     return bench_models.checkpoint_specs(text)[0]
 
 

@@ -44,7 +44,7 @@ def test_cli_writes_table_and_plot_and_refuses_to_overwrite(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("spec, message", [("synthetic:abc", "must be a number"), ("synthetic:1.5", "in [0, 1)"),
-                                           ("missing.pt", "no checkpoint")])
+                                           ("missing.pt", "no checkpoint file")])
 def test_cli_one_line_errors(spec, message, capsys):
     assert layers.main([spec]) == 2
     err = capsys.readouterr().err
