@@ -185,3 +185,23 @@ def test_sixteen_images_skip_the_wrap_around(variant, stride):
     res = torch.randn_like(F.conv2d(x, w, b, stride=stride, padding=1))
     y = sparse_conv2d(x, w, b, stride=stride, padding=1, residual=res, relu=True, variant=variant, threads=2)
     torch.testing.assert_close(y, (F.conv2d(x, w, b, stride=stride, padding=1) + res).relu(), atol=1e-5, rtol=1e-5)
+
+
+def test_calls_from_several_threads_at_once():
+    # the backend runs one engine per thread; kernels called concurrently must not mix their work
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(5)
+    cases = []
+    for i in range(6):
+        x = torch.randn(2, 8, 6, 6)
+        w = torch.randn(8, 8, 3, 3) * (torch.rand(8, 8, 3, 3) > 0.5)
+        cases.append((x, w, F.conv2d(x, w, padding=1)))
+
+    def one(case, threads):
+        x, w, expected = case
+        return (sparse_conv2d(x, w, padding=1, threads=threads) - expected).abs().max().item()
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        errors = list(pool.map(lambda ic: one(ic[1], 1 + ic[0] % 2), enumerate(cases * 5)))
+    assert max(errors) < 1e-4

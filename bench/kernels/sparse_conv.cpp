@@ -44,6 +44,7 @@ class Pool {
             return;
         }
         if (units >= (int64_t(1) << kBits)) throw std::invalid_argument("sparse_conv: too many work units");
+        std::lock_guard<std::mutex> one_call(call_);  // one multi-threaded call at a time (callers may be threads)
         grow(n - 1);
         using Fn = std::remove_reference_t<F>;
         fn_ = [](void* ctx, int64_t u) { (*static_cast<Fn*>(ctx))(u); };
@@ -118,7 +119,7 @@ class Pool {
     std::atomic<int64_t> done_{0};
     std::atomic<int> sleepers_{0};
     uint64_t gen_ = 0;  // written by the calling thread only
-    std::mutex mutex_;
+    std::mutex mutex_, call_;
     std::condition_variable wake_;
     void (*fn_)(void*, int64_t) = nullptr;
     void* ctx_ = nullptr;
