@@ -40,7 +40,7 @@ class Profile:
 
     model: str
     batch_size: int
-    threads: int
+    threads: int  # threads each layer ran on (several engines, one thread each, for big batches)
     chunk: int  # images per pass (the engine splits larger batches)
     layers: list  # bench.kernels.engine.LayerRecord
 
@@ -99,7 +99,9 @@ def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progr
     engine_settings = EngineSettings(timing_runs=settings.timing_runs, use_cache=False, time_everything=True)
     with tqdm(total=convs, desc=f"profiling {label} bs{settings.batch_size}", disable=not progress, file=sys.stderr) as bar:
         engine = compile_model(model, example, threads, engine_settings, progress=lambda name: bar.update(1))
-    return Profile(label, settings.batch_size, threads, engine.chunk, engine.layers)
+    # a ParallelEngine runs one single-threaded engine per thread: its layers were timed on one thread
+    per_layer_threads = 1 if hasattr(engine, "engines") else threads
+    return Profile(label, settings.batch_size, per_layer_threads, engine.chunk, engine.layers)
 
 
 def format_table(p: Profile) -> str:
@@ -107,7 +109,7 @@ def format_table(p: Profile) -> str:
     lines = [
         f"Per-layer profile of sparse-direct: {p.model}, batch {p.batch_size}"
         + (f" (run as chunks of {p.chunk})" if p.chunk != p.batch_size else "")
-        + f", {p.threads} thread(s); times are the fastest of the timed calls, per chunk.",
+        + f", {p.threads} thread(s) per layer; times are the fastest of the timed calls, per chunk.",
         "",
         "| layer | in -> out (C x H x W) | kernel | MACs/image | sparsity | dense ms | sparse ms | chosen | speedup |",
         "|---|---|---|---:|---:|---:|---:|---|---:|",
