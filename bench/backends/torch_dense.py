@@ -10,9 +10,9 @@ from torch import nn
 from bench.backends import Backend, Prepared, cuda_unavailable
 
 
-def _prepare(model: nn.Module, example: torch.Tensor, device: str, threads: int) -> Prepared:
-    torch.set_num_threads(threads)
-    model = copy.deepcopy(model).eval().to(device)
+def eager_prepared(model: nn.Module, example: torch.Tensor, device: str) -> Prepared:
+    """``model`` (already a private copy) run eagerly on ``device`` under inference mode."""
+    model = model.eval().to(device)
     inputs = example.to(device)
 
     def run(x):
@@ -21,6 +21,11 @@ def _prepare(model: nn.Module, example: torch.Tensor, device: str, threads: int)
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     return Prepared(run=run, inputs=inputs, synchronize=sync)
+
+
+def _prepare(model: nn.Module, example: torch.Tensor, device: str, threads: int) -> Prepared:
+    torch.set_num_threads(threads)
+    return eager_prepared(copy.deepcopy(model), example, device)
 
 
 BACKEND = Backend(

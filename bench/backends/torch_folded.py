@@ -6,20 +6,13 @@ import torch
 from torch import nn
 
 from bench.backends import Backend, Prepared, cuda_unavailable
+from bench.backends.torch_dense import eager_prepared
 from bench.fold import fold_batchnorm
 
 
 def _prepare(model: nn.Module, example: torch.Tensor, device: str, threads: int) -> Prepared:
     torch.set_num_threads(threads)
-    folded = fold_batchnorm(model.cpu()).to(device)
-    inputs = example.to(device)
-
-    def run(x):
-        with torch.inference_mode():
-            return folded(x)
-
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    return Prepared(run=run, inputs=inputs, synchronize=sync)
+    return eager_prepared(fold_batchnorm(model.cpu()), example, device)
 
 
 BACKEND = Backend(
