@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import math
-from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 

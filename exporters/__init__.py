@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -54,10 +53,6 @@ def gzip_size(path: str | Path) -> int:
         while chunk := f.read(1 << 22):
             total += len(compressor.compress(chunk))
     return total + len(compressor.flush())
-
-
-def gzip_bytes(data: bytes) -> int:
-    return len(gzip.compress(data, compresslevel=6))
 
 
 def run_cli(work: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporters import gzip_bytes, gzip_size, human_bytes, run_cli
+from exporters import gzip_size, human_bytes, run_cli
 from prune.checkpoint import check_writable, load_checkpoint
 from prune.errors import PruneBenchError
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from bench import models as bench_models
-from bench.backends import BACKENDS, Backend, Prepared, get_backend
+from bench.backends import BACKENDS, get_backend
 from bench.conftest import BATCH_SIZES, QUICK_BATCH_SIZES, BenchSettings, Timing, make_plan
 from bench.test_latency import check_parity, rounds_for
 from prune.checkpoint import save_checkpoint
