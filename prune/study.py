@@ -464,7 +464,7 @@ def run_study(
         else:
             row = run_case(case, base_model, data, train, evals, study, macs, header, ckpt, fingerprint)
             tqdm.write(
-                f"{case.name}: accuracy {row['accuracy']:.2%} ({row['accuracy_drop'] * 100:+.2f} pp), "
+                f"{case.name}: accuracy {row['accuracy']:.2%} (drop vs base {row['accuracy_drop'] * 100:+.2f} pp), "
                 f"sparsity {row['achieved_sparsity']:.2%}, {row['wall_s']:.0f} s"
             )
         results.put(row, header, order)
