@@ -21,7 +21,8 @@ from typing import Sequence
 
 import torch
 
-from exporters import add_settings_arguments, run_cli, settings_from_args
+from exporters import run_cli
+from prune.cli import add_settings, settings_from
 from prune.errors import PruneBenchError
 
 
@@ -184,7 +185,7 @@ def plot(p: Profile, path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.layers", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="checkpoint file, or synthetic:S for the suite's synthetic ResNet-18 at sparsity S")
-    add_settings_arguments(parser, ProfileSettings)
+    add_settings(parser, ProfileSettings)
     parser.add_argument("-o", "--out", default=None, help="folder for the Markdown table and the PNG plot")
     parser.add_argument("--force", action="store_true", help="overwrite the table and plot if they exist")
     args = parser.parse_args(argv)
@@ -194,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from bench import models as bench_models
 
-        settings = settings_from_args(ProfileSettings, args)
+        settings = settings_from(args, ProfileSettings)
         spec = model_spec(args.model)
         targets = None
         if args.out:  # refuse before the slow part

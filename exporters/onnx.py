@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporters import add_settings_arguments, gzip_size, human_bytes, run_cli, settings_from_args
+from exporters import gzip_size, human_bytes, run_cli
 from prune.checkpoint import check_writable, load_checkpoint
+from prune.cli import add_settings, settings_from
 from prune.errors import PruneBenchError
 from prune.models import INPUT_SHAPE
 
@@ -301,9 +302,9 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("checkpoint", help="prunebench checkpoint or bare ResNet-18 state_dict (.pt)")
     parser.add_argument("-o", "--output", help="ONNX file to write (default: the checkpoint's name with .onnx)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    add_settings_arguments(parser, OnnxSettings, types={"batch_size": parse_batch_size})
+    add_settings(parser, OnnxSettings, types={"batch_size": parse_batch_size})
     args = parser.parse_args(argv)
-    settings = settings_from_args(OnnxSettings, args)
+    settings = settings_from(args, OnnxSettings)
     report = export_checkpoint(args.checkpoint, args.output, settings, force=args.force)
     print(format_report(report, settings))
     return 0

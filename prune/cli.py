@@ -74,14 +74,18 @@ def add_settings(
     defaults: dict | None = None,
     exclude: typing.Iterable[str] = (),
     only: typing.Iterable[str] | None = None,
+    types: dict | None = None,
 ) -> None:
     """Add one ``--option`` per field of the dataclass ``cls`` to ``parser``.
 
     bool fields become ``--flag/--no-flag``; ``tuple[X, ...]`` fields take one or
     more values; ``defaults`` overrides field defaults (fine-tuning uses another
-    learning rate than training, for instance).
+    learning rate than training, for instance); ``types`` maps a field to its own
+    parser where the type hint is not one (e.g. ``int | None`` read as "N|dynamic"),
+    and a field's ``metadata["shown"]`` is how its default reads in the help.
     """
     defaults = defaults or {}
+    types = types or {}
     hints = typing.get_type_hints(cls)
     comments = _field_comments(cls)
     title = (cls.__doc__ or cls.__name__).strip().splitlines()[0].rstrip(".")
@@ -98,7 +102,10 @@ def add_settings(
         flag = "--" + f.name.replace("_", "-")
         help_text = (f.metadata.get("help") or comments.get(f.name, "")).replace("%", "%%")
         kind = hints[f.name]
-        if kind is bool:
+        if f.name in types:
+            shown = f.metadata.get("shown", default)
+            group.add_argument(flag, type=types[f.name], default=default, help=_with_default(help_text, shown))
+        elif kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
