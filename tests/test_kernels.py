@@ -9,7 +9,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import kernels as K
-from bench.kernels import KERNELS, Act, ConvGeometry, PackedWeights, Variant, from_act, sparse_conv2d, to_act
+from bench.kernels import (
+    KERNELS,
+    ROWS_V,
+    Act,
+    ConvGeometry,
+    PackedRows,
+    PackedWeights,
+    Variant,
+    from_act,
+    sparse_conv2d,
+    to_act,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -23,8 +34,13 @@ VARIANTS = [Variant("sparse" if r == 1 else "grouped", r, v) for r, v in KERNELS
     Variant("dense", 8, 2),
     Variant("dense", 4, 1),
     Variant("sparse", 1, 4, block=32),
+    Variant("sparse", 1, 8, chunk=2, tiles=True),
+    Variant("dense", 8, 3, block=40, chunk=3, tiles=True),
     Variant("torch"),
 ]
+# the rows kernel: stride-1 3-wide convolutions of 16 images
+ROWS = [Variant("rows", 1, v) for v in ROWS_V] + [Variant("rows", 1, 6, chunk=3, tiles=True),
+                                                  Variant("rows", 1, 4, block=64, chunk=2)]
 
 
 def test_layout_round_trip_keeps_border_zero():
@@ -129,6 +145,58 @@ def test_packed_weights_keep_only_nonzeros():
     assert dense.src.numel() == 32 * 9 * 8  # every (input channel, tap) once per group of 8
 
 
+def test_rows_packing_by_hand():
+    # one output channel, one input channel: row 0 has taps {0, 2}, row 1 tap {1}, row 2 all three
+    w = torch.tensor([[[[1.0, 0, 2], [0, 3, 0], [4, 5, 6]]]])
+    geom = ConvGeometry.make(Act(1, 5, 5, 16, 1), 1, (3, 3), 1, 1, 1)
+    off = geom.tap_offsets()
+    p = PackedRows.pack(w, None, off)
+    # classes in order: single, {0,1}/{1,2}, {0,2}, triple; one entry each except the empty adjacent-pair class
+    assert p.rptr.tolist() == [[0, 1, 1, 2, 3]]
+    assert p.vptr.tolist() == [[0, 1, 1, 3]]
+    assert p.src.tolist() == [off[0, 1, 1], off[0, 0, 0], off[0, 2, 0]]
+    assert p.val.tolist() == [3.0, 1.0, 2.0, 4.0, 5.0, 6.0]
+    # taps {1, 2} start at tap 1; input chunks split the entries of each output channel
+    w2 = torch.zeros(2, 4, 3, 3)
+    w2[1, 3, 0, 1:] = torch.tensor([7.0, 8.0])
+    w2[0, 0, 2, 0] = 9.0
+    geom2 = ConvGeometry.make(Act(4, 5, 5, 16, 1), 2, (3, 3), 1, 1, 1)
+    p2 = PackedRows.pack(w2, None, geom2.tap_offsets(), chunk=2)
+    assert p2.nchunks == 2 and p2.rptr.shape == (4, 5)
+    assert p2.rptr.tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 2, 2, 2]]
+    assert p2.src.tolist() == [geom2.tap_offsets()[0, 2, 0], geom2.tap_offsets()[3, 0, 1]]
+    assert p2.val.tolist() == [9.0, 7.0, 8.0]
+    torch.manual_seed(2)
+    big = torch.randn(64, 32, 3, 3) * (torch.rand(64, 32, 3, 3) > 0.9)
+    packed = PackedRows.pack(big, None, ConvGeometry.make(Act(32, 8, 8, 16, 1), 64, (3, 3), 1, 1, 1).tap_offsets())
+    assert packed.val.numel() == int((big != 0).sum())  # every nonzero once, no zeros stored
+    assert packed.nbytes < K.dense_nbytes(big, 64) / 3  # 10% of the values, plus offsets and class pointers
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cin=st.integers(1, 9),
+    cout=st.integers(1, 9),
+    h=st.integers(1, 7),
+    w=st.integers(1, 7),
+    sparsity=st.sampled_from([0.0, 0.3, 0.6, 0.9, 1.0]),
+    variant=st.sampled_from(ROWS),
+    residual=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_rows_kernel_matches_conv2d_on_random_shapes(cin, cout, h, w, sparsity, variant, residual, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, cin, h, w, generator=g)
+    weight = torch.randn(cout, cin, 3, 3, generator=g) * (torch.rand(cout, cin, 3, 3, generator=g) >= sparsity)
+    bias = torch.randn(cout, generator=g)
+    expected = F.conv2d(x, weight, bias, padding=1)
+    res = torch.randn(expected.shape, generator=g) if residual else None
+    if res is not None:
+        expected = expected + res
+    got = sparse_conv2d(x, weight, bias, padding=1, residual=res, relu=True, variant=variant, threads=2)
+    torch.testing.assert_close(got, expected.relu(), atol=1e-4, rtol=1e-4)
+
+
 def test_padding_larger_than_border_is_refused():
     with pytest.raises(K.PruneBenchError, match="border"):
         ConvGeometry.make(Act(3, 8, 8, 1, 1), 4, (5, 5), 1, 2, 1)
@@ -174,9 +242,14 @@ def test_candidates_are_all_compiled(n, c, hw, density):
 
 
 @pytest.mark.parametrize("variant", [Variant("sparse", 1, 4), Variant("sparse", 1, 16, block=64, chunk=3),
-                                     Variant("dense", 8, 3, chunk=4), Variant("grouped", 4, 2, block=200)], ids=str)
+                                     Variant("dense", 8, 3, chunk=4), Variant("grouped", 4, 2, block=200),
+                                     Variant("sparse", 1, 4, block=100, chunk=2, tiles=True), *ROWS], ids=str)
 @pytest.mark.parametrize("stride", [1, 2])
 def test_sixteen_images_skip_the_wrap_around(variant, stride):
+    if variant.kind == "rows" and stride != 1:
+        with pytest.raises(K.PruneBenchError, match="rows kernel"):
+            sparse_conv2d(torch.randn(16, 7, 6, 5), torch.randn(9, 7, 3, 3), stride=stride, padding=1, variant=variant)
+        return
     # 16 images innermost: each image row is whole vectors, so the kernel computes only the image part of rows
     torch.manual_seed(3)
     x = torch.randn(16, 7, 6, 5)

@@ -314,6 +314,73 @@ class PackedWeights:
         return sum(t.numel() * t.element_size() for t in (self.gptr, self.src, self.val, self.bias))
 
 
+# a kernel row's nonzero taps (bit kx set) -> entry class, and the taps each class multiplies, in order
+_ROW_CLASS = torch.tensor([-1, 0, 0, 1, 0, 2, 1, 3])
+_ROW_TAPS = {1: (0,), 2: (1,), 4: (2,), 3: (0, 1), 6: (1, 2), 5: (0, 2), 7: (0, 1, 2)}
+_ROW_WIDTH = (1, 2, 2, 3)  # weights per entry of each class
+
+
+@dataclasses.dataclass
+class PackedRows:
+    """Nonzeros of a 3-wide convolution grouped by kernel row, for the "rows" kernel.
+
+    Each entry is one (input channel, ky) row of one output channel with at least one
+    nonzero tap, in one of four classes by its taps: one tap, {0,1} or {1,2}, {0,2},
+    all three; ``src`` is the input offset of its first tap, ``val`` its 1-3 weights.
+    Entries are sorted by (output channel, input chunk, class).
+    """
+
+    rptr: torch.Tensor  # (cout * chunks, 5) int64: entries of class k are [rptr[s, k], rptr[s, k + 1])
+    vptr: torch.Tensor  # (cout * chunks, 4) int64: where class k's weights start in val
+    src: torch.Tensor  # (entries,) int32
+    val: torch.Tensor  # (weights,) float32
+    bias: torch.Tensor  # (cout,) float32
+    cout: int
+    nchunks: int
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, chunk: int = 0):
+        cout, cin, kh, kw = weight.shape
+        if kw != 3:
+            raise PruneBenchError("the rows kernel takes 3-wide kernels")
+        chunk = chunk if chunk and chunk < cin else cin
+        nchunks = -(-cin // chunk)
+        w = weight.detach().float()
+        nz = (w != 0).long()
+        pattern = nz[..., 0] + 2 * nz[..., 1] + 4 * nz[..., 2]  # (cout, cin, kh)
+        co, ci, ky = (pattern > 0).nonzero(as_tuple=True)
+        pat = pattern[co, ci, ky]
+        klass = _ROW_CLASS[pat]
+        seg = co * nchunks + ci // chunk
+        order = torch.argsort(((seg * 4 + klass) * cin + ci) * kh + ky, stable=True)
+        co, ci, ky, pat, klass, seg = co[order], ci[order], ky[order], pat[order], klass[order], seg[order]
+        taps = torch.full((8, 3), -1, dtype=torch.int64)
+        for bits, t in _ROW_TAPS.items():
+            taps[bits, : len(t)] = torch.tensor(t)
+        tap = taps[pat]  # (entries, 3): the taps of each entry, -1 past its width
+        values = w[co.view(-1, 1), ci.view(-1, 1), ky.view(-1, 1), tap.clamp_min(0)]
+        val = values[tap >= 0].contiguous()  # entry by entry, its taps in order
+        if offsets.numel() and int(offsets.max()) >= 2**31:
+            raise PruneBenchError("activation too large for the sparse kernel's 32-bit offsets: use a smaller batch")
+        src = offsets[ci, ky, tap[:, 0]].to(torch.int32).contiguous()
+        nseg = cout * nchunks
+        counts = torch.bincount(seg * 4 + klass, minlength=nseg * 4)
+        width = torch.tensor(_ROW_WIDTH).repeat(nseg)
+        flat = torch.zeros(nseg * 4 + 1, dtype=torch.int64)
+        flat[1:] = counts.cumsum(0)
+        vflat = torch.zeros(nseg * 4 + 1, dtype=torch.int64)
+        vflat[1:] = (counts * width).cumsum(0)
+        idx = torch.arange(nseg).view(-1, 1) * 4
+        rptr = flat[idx + torch.arange(5)].contiguous()
+        vptr = vflat[idx + torch.arange(4)].contiguous()
+        b = torch.zeros(cout) if bias is None else bias.detach().float().clone()
+        return cls(rptr, vptr, src, val, b.contiguous(), cout, nchunks)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.rptr, self.vptr, self.src, self.val, self.bias))
+
+
 def dense_nbytes(weight: torch.Tensor, bias_len: int) -> int:
     """Bytes of the same weights stored densely in fp32 (with the bias)."""
     return (weight.numel() + bias_len) * 4
@@ -331,11 +398,13 @@ class Variant:
     V: int = 1
     block: int = 0  # flat elements per work item (0: the whole plane)
     chunk: int = 0  # input channels per pass (0: all), so a pass's input planes stay in cache
+    tiles: bool = False  # position tiles outermost: each tile runs every output channel while its inputs stay in L1
 
     def __str__(self) -> str:
         if self.kind in ("torch", "channels"):
             return self.kind
         extra = (f",block={self.block}" if self.block else "") + (f",chunk={self.chunk}" if self.chunk else "")
+        extra += ",tiles" if self.tiles else ""
         return f"{self.kind}(R={self.R},V={self.V}{extra})"
 
 
@@ -380,17 +449,31 @@ class ConvOp:
             self._conv = kernel_module().conv_channels
             self._call = self._kernel
             return
+        o = geom.out
+        # with whole vectors per image row, skip the wrap-around positions between rows instead of masking them
+        row_len = o.W * o.N if (o.W * o.N) % VEC == 0 and o.N > 1 else 0
+        if variant.kind == "rows":
+            if not rows_fit(geom):
+                raise PruneBenchError("the rows kernel takes stride-1 3-wide convolutions of 16 images")
+            if not isinstance(packed, PackedRows):
+                packed = PackedRows.pack(self.weight, self.bias, geom.tap_offsets(), variant.chunk)
+            self.packed = p = packed
+            self._args = (
+                variant.V, src_buf.data_ptr(), out.data_ptr(), out.stride(0), p.cout, t0, t1, block, o.pitch * o.N,
+                row_len, p.rptr.data_ptr(), p.vptr.data_ptr(), p.nchunks, p.src.data_ptr(), p.val.data_ptr(),
+                p.bias.data_ptr(), res_ptr, res_stride, self.mask.data_ptr(), relu, variant.tiles, threads,
+            )
+            self._conv = kernel_module().conv_rows
+            self._call = self._kernel
+            return
         if packed is None or packed.R != variant.R:
             packed = PackedWeights.pack(self.weight, self.bias, geom.tap_offsets(), variant.R, dense=variant.kind == "dense")
         self.packed = p = packed
         self.cptr, nchunks = p.chunk_pointers(geom.inp.C, variant.chunk)
-        # with whole vectors per image row, skip the wrap-around positions between rows instead of masking them
-        o = geom.out
-        row_len = o.W * o.N if (o.W * o.N) % VEC == 0 and o.N > 1 else 0
         self._args = (
             variant.R, variant.V, src_buf.data_ptr(), out.data_ptr(), out.stride(0), p.cout, t0, t1, block,
             o.pitch * o.N, row_len, self.cptr.data_ptr(), nchunks, p.src.data_ptr(), p.val.data_ptr(), p.bias.data_ptr(), res_ptr, res_stride,
-            self.mask.data_ptr(), relu, threads,
+            self.mask.data_ptr(), relu, variant.tiles, threads,
         )
         self._conv = kernel_module().conv
         self._call = self._kernel
@@ -416,6 +499,14 @@ class ConvOp:
         if self.variant.kind == "torch":
             return dense_nbytes(self.weight, self.weight.shape[0])
         return self.packed.nbytes
+
+
+ROWS_V = (2, 4, 6, 8, 12)  # tiles compiled for the rows kernel
+
+
+def rows_fit(geom: ConvGeometry) -> bool:
+    """Whether the rows kernel applies: a 3-wide stride-1 conv over 16 images, so kx shifts by one vector."""
+    return geom.direct and geom.kernel[1] == 3 and geom.inp.N == VEC
 
 
 def candidate_variants(geom: ConvGeometry, density: float, threads: int = 1, everything: bool = False) -> list[Variant]:
@@ -451,6 +542,11 @@ def candidate_variants(geom: ConvGeometry, density: float, threads: int = 1, eve
     if density > 0:
         for v in fitting[-2:] if batched else fitting[-3:]:
             out += [Variant("sparse", 1, v, b, c) for c in chunks for b in blocks]
+        if batched:  # position tiles outermost, with input chunks small enough that a tile's inputs stay in L1
+            tile_chunks = [0] + [c for c in (16, 32) if c < cin]
+            kinds = ("sparse", "rows") if rows_fit(geom) else ("sparse",)
+            out += [Variant(k, 1, v, blocks[-1], c, True) for k in kinds for v in ((4, 8) if k == "sparse" else (4, 6)) if v <= vectors
+                    for c in tile_chunks]
         if density > 0.1:
             out += [Variant("grouped", 4, widest(4, vectors), blocks[-1], c) for c in chunks[:2]]
     else:
@@ -479,8 +575,12 @@ def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     n, c, h, w = x.shape
     kh, kw = weight.shape[2:]
     shift_max = (max(kh, kw) - 1) // stride
-    inp = Act(c, h, w, n, padding)
-    geom = ConvGeometry.make(inp, weight.shape[0], (kh, kw), stride, padding, out_border=max(1, shift_max))
+    if stride == 1 and kh == kw and kw == 2 * padding + 1:  # the engine's case: same size, taps read in place
+        inp = Act(c, h, w, n, max(1, padding))
+        geom = ConvGeometry.make(inp, weight.shape[0], (kh, kw), stride, padding, out_border=inp.B)
+    else:
+        inp = Act(c, h, w, n, padding)
+        geom = ConvGeometry.make(inp, weight.shape[0], (kh, kw), stride, padding, out_border=max(1, shift_max))
     src = to_act(x.float(), inp)
     out = geom.out.alloc()
     res = to_act(residual.float(), geom.out) if residual is not None else None

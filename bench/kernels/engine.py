@@ -35,6 +35,7 @@ from bench.kernels import (
     Act,
     ConvGeometry,
     ConvOp,
+    PackedRows,
     PackedWeights,
     Variant,
     candidate_variants,
@@ -418,12 +419,16 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
             str(x) for x in (_weights_digest(conv), geom, fused, threads, cpu_name(), _KERNEL_DIGEST)
         )
 
-        packs: dict[tuple[str, int], PackedWeights] = {}  # variants differing only in tiling share their weights
+        packs: dict[tuple, PackedWeights | PackedRows] = {}  # variants differing only in tiling share their weights
         offsets = geom.tap_offsets()
 
         def make(v: Variant) -> ConvOp:
             packed = None
-            if v.kind != "torch":
+            if v.kind == "rows":
+                if ("rows", v.chunk) not in packs:
+                    packs[("rows", v.chunk)] = PackedRows.pack(weight, conv.bias, offsets, v.chunk)
+                packed = packs[("rows", v.chunk)]
+            elif v.kind != "torch":
                 dense = v.kind in ("dense", "channels")
                 key_w = (dense, v.R)
                 if key_w not in packs:

@@ -203,63 +203,165 @@ static inline int64_t tail(const float* in, float* const* outp, int64_t t, int64
     }
 }
 
-// cptr[g * (nchunks + 1) + c] .. [.. + c + 1]: group g's entries reading input-channel chunk c.
-// Work items are (position block, channel group); with one block, threads split the output channels. A unit
-// of the pool is a range of consecutive items, run chunk by chunk with partial sums kept in out: one chunk's
-// input planes stay in cache across the unit's groups, and no barrier is needed between chunks.
-template <int R, int V>
-static void run(const float* in, float* out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1, int64_t block,
-                int64_t row_pitch, int64_t row_len, const int64_t* cptr, int64_t nchunks, const int32_t* src, const float* val, const float* bias,
-                const float* res, int64_t rstride, const float* mask, bool relu, int nthreads) {
-    const int64_t ngroups = (cout + R - 1) / R;
-    // row_len > 0: only the image part of each row (row_len of every row_pitch elements) is computed;
-    // the wrap-around positions between rows are skipped (they stay zero). Else the whole range, masked.
-    const int64_t nrows = row_len > 0 ? (t1 - t0 - row_len) / row_pitch + 1 : 0;
-    const int64_t rows_per_block = row_len > 0 ? std::max<int64_t>(1, block / row_pitch) : 0;
-    const int64_t nblocks = row_len > 0 ? (nrows + rows_per_block - 1) / rows_per_block : (t1 - t0 + block - 1) / block;
-    const int64_t items = nblocks * ngroups;
-    // units of consecutive items, a few per thread: each runs chunk by chunk over its items
+// Where a convolution's output positions are, and how the work on them is cut up between threads.
+// row_len > 0: only the image part of each row (row_len of every row_pitch elements) is computed; the
+// wrap-around positions between rows are skipped (they stay zero). Else the whole range [t0, t1), masked.
+struct Span {
+    int64_t t0, t1, block, row_pitch, row_len;
+    int64_t nrows() const { return row_len > 0 ? (t1 - t0 - row_len) / row_pitch + 1 : 0; }
+    int64_t rows_per_block() const { return row_len > 0 ? std::max<int64_t>(1, block / row_pitch) : 0; }
+    int64_t nblocks() const {
+        return row_len > 0 ? (nrows() + rows_per_block() - 1) / rows_per_block() : (t1 - t0 + block - 1) / block;
+    }
+    int64_t nsegs(int64_t b) const { return row_len > 0 ? std::min(rows_per_block(), nrows() - b * rows_per_block()) : 1; }
+    void segment(int64_t b, int64_t sg, int64_t& s, int64_t& e) const {  // positions [s, e) of segment sg of block b
+        if (row_len > 0) {
+            s = t0 + (b * rows_per_block() + sg) * row_pitch;
+            e = s + row_len;
+        } else {
+            s = t0 + b * block;
+            e = std::min(t1, s + block);
+        }
+    }
+};
+
+// Runs f(t, left, g, c, first, last) over every tile of every (position block, channel group g, input-channel
+// chunk c); f computes the tile at t (at most `left` vectors) and returns how many vectors it did.
+// Channel-major (default): work items are (block, group); a unit of the pool is a range of consecutive items,
+// run chunk by chunk with partial sums kept in out: one chunk's input planes stay in cache across the unit's
+// groups, and no barrier is needed between chunks. Tile-major: a unit is a range of blocks, and each tile runs
+// every group, chunk by chunk, while the inputs it reads stay in L1.
+template <typename F>
+static void drive(const Span& sp, int64_t ngroups, int64_t nchunks, bool tile_major, int nthreads, F&& f) {
+    const int64_t nblocks = sp.nblocks();
+    const int64_t items = tile_major ? nblocks : nblocks * ngroups;
     const int64_t units = std::min<int64_t>(items, 4 * std::max(1, nthreads));
     pool().run(nthreads, units, [&](int64_t u) {
         const int64_t lo = items * u / units, hi = items * (u + 1) / units;
-        for (int64_t c = 0; c < nchunks; c++) {
-            const bool first = c == 0, last = c == nchunks - 1;
+        if (tile_major) {
+            for (int64_t b = lo; b < hi; b++)
+                for (int64_t sg = 0; sg < sp.nsegs(b); sg++) {
+                    int64_t s, e;
+                    sp.segment(b, sg, s, e);
+                    for (int64_t t = s; t < e;) {
+                        const int64_t left = (e - t + 15) / 16;
+                        int64_t step = 1;
+                        for (int64_t c = 0; c < nchunks; c++)
+                            for (int64_t g = 0; g < ngroups; g++) step = f(t, left, g, c, c == 0, c == nchunks - 1);
+                        t += 16 * step;
+                    }
+                }
+            return;
+        }
+        for (int64_t c = 0; c < nchunks; c++)
             for (int64_t item = lo; item < hi; item++) {
                 const int64_t b = item / ngroups, g = item % ngroups;
-                const int64_t kb = cptr[g * (nchunks + 1) + c], ke = cptr[g * (nchunks + 1) + c + 1];
-                if (kb == ke && !first && !last) continue;  // nothing to add from this chunk
-                const int nr = (int)std::min<int64_t>(R, cout - g * R);
-                float* outp[R];
-                const float* resp[R];
-                float bb[R];
-                for (int r = 0; r < R; r++) {
-                    const int64_t co = g * R + std::min(r, nr - 1);
-                    outp[r] = out + co * ostride;
-                    resp[r] = res ? res + co * rstride : nullptr;
-                    bb[r] = bias[co];
-                }
-                const float* const* rp = res ? resp : nullptr;
-                const int64_t segs = row_len > 0 ? std::min(rows_per_block, nrows - b * rows_per_block) : 1;
-                for (int64_t sg = 0; sg < segs; sg++) {
+                for (int64_t sg = 0; sg < sp.nsegs(b); sg++) {
                     int64_t s, e;
-                    if (row_len > 0) {
-                        s = t0 + (b * rows_per_block + sg) * row_pitch;
-                        e = s + row_len;
-                    } else {
-                        s = t0 + b * block;
-                        e = std::min(t1, s + block);
-                    }
-                    int64_t t = s;
-                    for (; t + 16 * V <= e; t += 16 * V)
-                        tile<R, V>(in, outp, t, src, val, kb, ke, bb, rp, mask, relu, nr, first, last);
-                    while (t < e) {
-                        const int64_t left = (e - t + 15) / 16;
-                        t += 16 * tail<R, V - 1 < 1 ? 1 : V - 1>(in, outp, t, left, src, val, kb, ke, bb, rp, mask,
-                                                                 relu, nr, first, last);
-                    }
+                    sp.segment(b, sg, s, e);
+                    for (int64_t t = s; t < e;) t += 16 * f(t, (e - t + 15) / 16, g, c, c == 0, c == nchunks - 1);
                 }
             }
+    });
+}
+
+// cptr[g * (nchunks + 1) + c] .. [.. + c + 1]: group g's entries reading input-channel chunk c.
+template <int R, int V>
+static void run(const float* in, float* out, int64_t ostride, int64_t cout, const Span& sp, const int64_t* cptr,
+                int64_t nchunks, const int32_t* src, const float* val, const float* bias, const float* res,
+                int64_t rstride, const float* mask, bool relu, bool tile_major, int nthreads) {
+    const int64_t ngroups = (cout + R - 1) / R;
+    drive(sp, ngroups, nchunks, tile_major, nthreads, [&](int64_t t, int64_t left, int64_t g, int64_t c, bool first,
+                                                         bool last) -> int64_t {
+        const int64_t kb = cptr[g * (nchunks + 1) + c], ke = cptr[g * (nchunks + 1) + c + 1];
+        const int64_t step = std::min<int64_t>(V, left);
+        if (kb == ke && !first && !last) return step;  // nothing to add from this chunk
+        const int nr = (int)std::min<int64_t>(R, cout - g * R);
+        float* outp[R];
+        const float* resp[R];
+        float bb[R];
+        for (int r = 0; r < R; r++) {
+            const int64_t co = g * R + std::min(r, nr - 1);
+            outp[r] = out + co * ostride;
+            resp[r] = res ? res + co * rstride : nullptr;
+            bb[r] = bias[co];
         }
+        const float* const* rp = res ? resp : nullptr;
+        if (left >= V) {
+            tile<R, V>(in, outp, t, src, val, kb, ke, bb, rp, mask, relu, nr, first, last);
+            return V;
+        }
+        return tail<R, V - 1 < 1 ? 1 : V - 1>(in, outp, t, left, src, val, kb, ke, bb, rp, mask, relu, nr, first, last);
+    });
+}
+
+// ---- "rows": the nonzeros of one output channel grouped by kernel row. With 16 images innermost the taps
+// kx = 0, 1, 2 of a stride-1 convolution read the same input row shifted by whole vectors, so the vectors
+// loaded for one tap serve its row's other nonzero taps too: a row with two or three nonzeros costs V + 1 or
+// V + 2 loads for 2V or 3V multiply-adds, where one entry per weight costs a load for each. Entries come in
+// four classes, each a branch-free loop: single taps (offset of the tap), taps {0, 1} or {1, 2} (offset of the
+// first), taps {0, 2}, and all three. rptr[(g * nchunks + c) * 5 + k] .. [+ 1]: the entries of class k of
+// channel g in input chunk c; vptr[(g * nchunks + c) * 4 + k]: where their values start (NT per entry).
+template <int V, int NT, int GAP>
+static inline void row_entries(const float* in, vf* acc, int64_t t, const int32_t* src, const float* val, int64_t kb,
+                               int64_t ke) {
+    constexpr int SPAN = (NT - 1) * GAP + V;  // vectors one entry loads
+    for (int64_t k = kb; k < ke; k++) {
+        const float* p = in + src[k] + t;
+        const float* w = val + (k - kb) * NT;
+        vf x[SPAN];
+        for (int i = 0; i < SPAN; i++) x[i] = ld(p + 16 * i);
+        for (int j = 0; j < NT; j++) {
+            const vf wj = bc(w[j]);
+            for (int v = 0; v < V; v++) acc[v] += wj * x[v + j * GAP];
+        }
+    }
+}
+
+template <int V>
+static inline void row_tile(const float* in, float* outp, int64_t t, const int32_t* src, const float* val,
+                            const int64_t* rp, const int64_t* vp, float bias, const float* resp, const float* mask,
+                            bool relu, bool first, bool last) {
+    vf acc[V];
+    for (int v = 0; v < V; v++) acc[v] = first ? bc(bias) : ld(outp + t + 16 * v);
+    row_entries<V, 1, 1>(in, acc, t, src, val + vp[0], rp[0], rp[1]);
+    row_entries<V, 2, 1>(in, acc, t, src, val + vp[1], rp[1], rp[2]);
+    row_entries<V, 2, 2>(in, acc, t, src, val + vp[2], rp[2], rp[3]);
+    row_entries<V, 3, 1>(in, acc, t, src, val + vp[3], rp[3], rp[4]);
+    for (int v = 0; v < V; v++) {
+        vf y = acc[v];
+        if (last) {
+            if (resp) y += ld(resp + t + 16 * v);
+            if (relu) y = y > 0 ? y : 0;
+            y *= ld(mask + t + 16 * v);
+        }
+        st(outp + t + 16 * v, y);
+    }
+}
+
+template <int V>
+static int64_t row_tail(const float* in, float* outp, int64_t t, int64_t left, const int32_t* src, const float* val,
+                        const int64_t* rp, const int64_t* vp, float bias, const float* resp, const float* mask,
+                        bool relu, bool first, bool last) {
+    if constexpr (V > 1) {
+        if (left < V) return row_tail<V - 1>(in, outp, t, left, src, val, rp, vp, bias, resp, mask, relu, first, last);
+    }
+    row_tile<V>(in, outp, t, src, val, rp, vp, bias, resp, mask, relu, first, last);
+    return V;
+}
+
+template <int V>
+static void run_rows(const float* in, float* out, int64_t ostride, int64_t cout, const Span& sp, const int64_t* rptr,
+                     const int64_t* vptr, int64_t nchunks, const int32_t* src, const float* val, const float* bias,
+                     const float* res, int64_t rstride, const float* mask, bool relu, bool tile_major, int nthreads) {
+    drive(sp, cout, nchunks, tile_major, nthreads, [&](int64_t t, int64_t left, int64_t g, int64_t c, bool first,
+                                                       bool last) -> int64_t {
+        const int64_t* rp = rptr + (g * nchunks + c) * 5;
+        const int64_t step = std::min<int64_t>(V, left);
+        if (rp[0] == rp[4] && !first && !last) return step;
+        const float* resp = res ? res + g * rstride : nullptr;
+        return row_tail<V>(in, out + g * ostride, t, left, src, val, rp, vptr + (g * nchunks + c) * 4, bias[g], resp,
+                           mask, relu, first, last);
     });
 }
 
@@ -296,19 +398,35 @@ template <typename T>
 static T ptr(int64_t p) { return reinterpret_cast<T>(p); }
 
 void conv(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1,
-          int64_t block, int64_t row_pitch, int64_t row_len, int64_t cptr, int64_t nchunks, int64_t src, int64_t val, int64_t bias, int64_t res, int64_t rstride,
-          int64_t mask, bool relu, int nthreads) {
-#define PB_CALL(RR, VV)                                                                                           \
-    if (R == RR && V == VV)                                                                                       \
-        return run<RR, VV>(ptr<const float*>(in), ptr<float*>(out), ostride, cout, t0, t1, block, row_pitch, row_len, \
-                           ptr<const int64_t*>(cptr), nchunks, ptr<const int32_t*>(src), ptr<const float*>(val),           \
-                           ptr<const float*>(bias), ptr<const float*>(res), rstride, ptr<const float*>(mask), relu, \
-                           nthreads);
+          int64_t block, int64_t row_pitch, int64_t row_len, int64_t cptr, int64_t nchunks, int64_t src, int64_t val,
+          int64_t bias, int64_t res, int64_t rstride, int64_t mask, bool relu, bool tile_major, int nthreads) {
+    const Span sp{t0, t1, block, row_pitch, row_len};
+#define PB_CALL(RR, VV)                                                                                            \
+    if (R == RR && V == VV)                                                                                        \
+        return run<RR, VV>(ptr<const float*>(in), ptr<float*>(out), ostride, cout, sp, ptr<const int64_t*>(cptr),  \
+                           nchunks, ptr<const int32_t*>(src), ptr<const float*>(val), ptr<const float*>(bias),     \
+                           ptr<const float*>(res), rstride, ptr<const float*>(mask), relu, tile_major, nthreads);
     PB_CALL(1, 1) PB_CALL(1, 2) PB_CALL(1, 3) PB_CALL(1, 4) PB_CALL(1, 5) PB_CALL(1, 6) PB_CALL(1, 8) PB_CALL(1, 12)
     PB_CALL(1, 16) PB_CALL(4, 1) PB_CALL(4, 2) PB_CALL(4, 4) PB_CALL(4, 6) PB_CALL(6, 4) PB_CALL(8, 1) PB_CALL(8, 2)
     PB_CALL(8, 3) PB_CALL(12, 2)
 #undef PB_CALL
     throw std::invalid_argument("sparse_conv: no kernel for this (R, V)");
+}
+
+void conv_rows(int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1, int64_t block,
+               int64_t row_pitch, int64_t row_len, int64_t rptr, int64_t vptr, int64_t nchunks, int64_t src,
+               int64_t val, int64_t bias, int64_t res, int64_t rstride, int64_t mask, bool relu, bool tile_major,
+               int nthreads) {
+    const Span sp{t0, t1, block, row_pitch, row_len};
+#define PB_CALL(VV)                                                                                                \
+    if (V == VV)                                                                                                   \
+        return run_rows<VV>(ptr<const float*>(in), ptr<float*>(out), ostride, cout, sp, ptr<const int64_t*>(rptr), \
+                            ptr<const int64_t*>(vptr), nchunks, ptr<const int32_t*>(src), ptr<const float*>(val),  \
+                            ptr<const float*>(bias), ptr<const float*>(res), rstride, ptr<const float*>(mask),     \
+                            relu, tile_major, nthreads);
+    PB_CALL(2) PB_CALL(4) PB_CALL(6) PB_CALL(8) PB_CALL(12)
+#undef PB_CALL
+    throw std::invalid_argument("sparse_conv: no rows kernel for this V");
 }
 
 
@@ -397,6 +515,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     // the GIL is released while a kernel runs, so Python threads can drive engines on separate batches at once
     using release = pybind11::call_guard<pybind11::gil_scoped_release>;
     m.def("conv", &conv, release(), "sparse direct convolution over a flat zero-bordered layout (pointers as integers)");
+    m.def("conv_rows", &conv_rows, release(), "sparse direct convolution with nonzeros grouped by kernel row");
     m.def("conv_channels", &conv_channels, release(), "convolution with 16 output channels per vector (small images)");
     m.def("phases", &phases, release(), "split planes into stride x stride phase planes (space-to-depth)");
 }
