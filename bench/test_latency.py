@@ -76,9 +76,10 @@ def check_parity(got: torch.Tensor, expected: torch.Tensor, other: torch.Tensor,
         pytest.fail(f"{what} differs from dense PyTorch: {e}", pytrace=False)
 
 
-# cuDNN runs fp32 convolutions in TF32 by default (10-bit mantissa): on CUDA an fp32 backend is held to this
-# tolerance against the CPU fp32 reference while TF32 is allowed; the case records which applied.
-TF32_ATOL = TF32_RTOL = 5e-3
+# cuDNN runs fp32 convolutions in TF32 by default (10-bit mantissa, as fp16's): on CUDA an fp32 backend is held to
+# fp16's tolerance against the CPU fp32 reference while TF32 is allowed; the case records which applied. (5e-3 was
+# too tight: on an H200 one logit in 2560 of a 50%-sparse model at batch 256 was 6.3e-3 off in TF32.)
+TF32_ATOL, TF32_RTOL = 2e-2, 1e-2
 
 
 def parity_tolerance(backend, device: str) -> tuple[float, float, bool]:

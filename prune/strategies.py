@@ -20,7 +20,10 @@ from prune.nm import fits_nm, from_gemm_view, gemm_view, nm_keep
 
 
 def _effective_weights(layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    return {name: module.weight.detach().to("cpu", torch.float32) for name, module in layers.items()}
+    # contiguous: torch's global pruning flattens with .view, which a channels_last weight (CUDA training) refuses
+    return {
+        name: module.weight.detach().to("cpu", torch.float32).contiguous() for name, module in layers.items()
+    }
 
 
 def _global_with_torch(

@@ -40,6 +40,18 @@ def test_magnitude_drops_the_smallest_weights_across_layers():
     assert len(set(mask.layer_sparsity().values())) > 1  # global, not the same share in every layer
 
 
+@pytest.mark.parametrize("strategy", [GlobalMagnitude(), GlobalRandom(seed=3)], ids=["magnitude", "random"])
+def test_channels_last_weights_prune_like_contiguous_ones(strategy):
+    # training on CUDA keeps the model channels_last; torch's global pruning flattens weights with .view, which
+    # failed on such weights in the first GPU run of the study (H200, 2026-11-26)
+    plain = prunable_layers(tiny_net())
+    packed = prunable_layers(tiny_net().to(memory_format=torch.channels_last))
+    assert any(not m.weight.is_contiguous() for m in packed.values())
+    expected = prune_rounds(plain, strategy, 0.6, rounds=2)
+    got = prune_rounds(packed, strategy, 0.6, rounds=2)
+    assert all(torch.equal(got[n], expected[n]) for n in expected)
+
+
 @pytest.mark.parametrize("sparsity,rounds", [(0.5, 3), (0.75, 3), (0.9, 3), (0.9, 5), (0.6, 7)])
 def test_iterative_hits_the_schedule_every_round_and_masks_only_grow(sparsity, rounds):
     model = tiny_net()

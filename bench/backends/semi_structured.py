@@ -111,6 +111,11 @@ def sparse_unavailable(device: str, kernel: str = "cusparselt") -> str | None:
     if (major, minor) < (8, 0):
         name = torch.cuda.get_device_name()
         return f"2:4 sparse tensor cores need compute capability 8.0+ (Ampere); {name} is {major}.{minor}"
+    if kernel == "cutlass" and major != 8:
+        # torch's CUTLASS 2:4 kernels are built for 8.x only (seen on an H200, 9.0: "Supported only on GPUs with
+        # compute capability 8.x"); cuSPARSELt covers 9.0
+        name = torch.cuda.get_device_name()
+        return f"torch's CUTLASS 2:4 kernels run on compute capability 8.x only; {name} is {major}.{minor} (use torch-2:4)"
     if kernel == "cusparselt" and not torch.backends.cusparselt.is_available():
         return "this torch build has no cuSPARSELt (try torch-2:4-cutlass)"
     return None
