@@ -277,7 +277,7 @@ def short_summary(rows: list[dict], study: dict | None, env: dict) -> list[str]:
         lines.append(line)
         for r in done:
             if r.get("target_sparsity") == 0.5 and not r.get("rounds", 1) > 1:
-                lines.append(f"    {r['case']}: {r['accuracy']:.2%} ({-r['accuracy_drop'] * 100:+.2f} pp)")
+                lines.append(f"    {r['case']}: {r['accuracy']:.2%} (drop vs base {r['accuracy_drop'] * 100:+.2f} pp)")
     else:
         lines.append("  study: no results (see log.txt)")
     return lines

@@ -64,24 +64,6 @@ class Profile:
         return dense, sparse, chosen
 
 
-def model_spec(text: str):
-    """The ``bench.models.ModelSpec`` named by ``text``: a checkpoint path or ``synthetic:S``."""
-    from bench import models as bench_models
-
-    if text.startswith("synthetic:"):
-        value = text.split(":", 1)[1]
-        try:
-            sparsity = float(value)
-        except ValueError:
-            raise PruneBenchError(f"synthetic:{value}: the sparsity must be a number in [0, 1), e.g. synthetic:0.9") from None
-        if not 0.0 <= sparsity < 1.0:
-            raise PruneBenchError(f"synthetic:{value}: the sparsity must be in [0, 1)")
-        return bench_models.synthetic_specs([sparsity])[0]
-    if not Path(text).is_file():
-        raise PruneBenchError(f"no checkpoint file at {text}: give a checkpoint or synthetic:S (e.g. synthetic:0.9)")
-    return bench_models.checkpoint_specs(text)[0]
-
-
 def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progress: bool = True) -> Profile:
     """Time every variant of every conv (no cached choices) as the sparse-direct backend would at this batch size."""
     from tqdm import tqdm
@@ -196,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import models as bench_models
 
         settings = settings_from(args, ProfileSettings)
-        spec = model_spec(args.model)
+        spec = bench_models.model_spec(args.model)
         targets = None
         if args.out:  # refuse before the slow part
             stem = Path(args.out) / f"layers-{spec.id}-bs{settings.batch_size}"

@@ -209,3 +209,39 @@ def physical_cores() -> int:
 def expected_limit(mac_sparsity: float) -> float:
     """1 / (1 - s_mac): the most skipping pruned multiply-accumulates could speed the model up."""
     return math.inf if mac_sparsity >= 1 else 1.0 / (1.0 - mac_sparsity)
+
+
+def bench_versions() -> dict:
+    """Provenance (machine, torch, ...) plus the ONNX and ONNX Runtime versions, for every timed result."""
+    from prune.platform import provenance
+
+    info = provenance()
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        info["onnxruntime"] = None
+    try:
+        import onnx
+
+        info["onnx"] = onnx.__version__
+    except ImportError:
+        info["onnx"] = None
+    return info
+
+
+def model_spec(text: str):
+    """The ``bench.models.ModelSpec`` named by ``text``: a checkpoint path or ``synthetic:S``."""
+    if text.startswith("synthetic:"):
+        value = text.split(":", 1)[1]
+        try:
+            sparsity = float(value)
+        except ValueError:
+            raise PruneBenchError(f"synthetic:{value}: the sparsity must be a number in [0, 1), e.g. synthetic:0.9") from None
+        if not 0.0 <= sparsity < 1.0:
+            raise PruneBenchError(f"synthetic:{value}: the sparsity must be in [0, 1)")
+        return synthetic_specs([sparsity])[0]
+    if not Path(text).is_file():
+        raise PruneBenchError(f"no checkpoint file at {text}: give a checkpoint or synthetic:S (e.g. synthetic:0.9)")
+    return checkpoint_specs(text)[0]

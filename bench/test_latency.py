@@ -20,29 +20,12 @@ import pytest
 import torch
 
 from bench.backends import NotApplicable, get_backend
-from bench.models import BenchModel, example_batch, expected_limit
-from prune.platform import provenance
+from bench.models import BenchModel, bench_versions, example_batch, expected_limit
+from bench.parity import ParityError, check_parity, parity_tolerance
 
 
-def _versions() -> dict:
-    info = provenance()
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        info["onnxruntime"] = None
-    try:
-        import onnx
-
-        info["onnx"] = onnx.__version__
-    except ImportError:
-        info["onnx"] = None
-    info.pop("date", None)  # pytest-benchmark dates the run itself
-    return info
-
-
-VERSIONS = _versions()
+VERSIONS = bench_versions()
+VERSIONS.pop("date", None)  # pytest-benchmark dates the run itself
 
 
 def _json_safe(value):
@@ -52,42 +35,6 @@ def _json_safe(value):
         return value
     except (TypeError, ValueError):
         return str(value)
-
-
-def check_parity(got: torch.Tensor, expected: torch.Tensor, other: torch.Tensor, atol: float, rtol: float, what: str):
-    """Fail unless ``got`` matches ``expected`` within the tolerance, and the match could not happen by accident.
-
-    ``other`` is the dense output for a different input. If it too lies within the
-    tolerance of ``expected``, the model's logits barely depend on the input (e.g.
-    an fc pruned to nothing leaves only the bias) and a backend returning garbage
-    of the right shape could pass: that fails as well, saying why.
-    """
-    if torch.allclose(other, expected, atol=atol, rtol=rtol):
-        spread = float((other - expected).abs().max())
-        pytest.fail(
-            f"{what}: the parity check would pass trivially: dense logits for two different inputs differ by at most "
-            f"{spread:.3g}, within the tolerance (atol {atol:g}, rtol {rtol:g}); the model's output does not depend "
-            "on its input (is fc pruned to nothing?)",
-            pytrace=False,
-        )
-    try:
-        torch.testing.assert_close(got, expected, atol=atol, rtol=rtol)
-    except AssertionError as e:
-        pytest.fail(f"{what} differs from dense PyTorch: {e}", pytrace=False)
-
-
-# cuDNN runs fp32 convolutions in TF32 by default (10-bit mantissa, as fp16's): on CUDA an fp32 backend is held to
-# fp16's tolerance against the CPU fp32 reference while TF32 is allowed; the case records which applied. (5e-3 was
-# too tight: on an H200 one logit in 2560 of a 50%-sparse model at batch 256 was 6.3e-3 off in TF32.)
-TF32_ATOL, TF32_RTOL = 2e-2, 1e-2
-
-
-def parity_tolerance(backend, device: str) -> tuple[float, float, bool]:
-    """(atol, rtol, tf32) for ``backend`` on ``device``: the backend's own, widened to TF32's where it applies."""
-    tf32 = device == "cuda" and bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
-    if tf32:
-        return max(backend.atol, TF32_ATOL), max(backend.rtol, TF32_RTOL), True
-    return backend.atol, backend.rtol, False
 
 
 def rounds_for(call_s: float, timing) -> int:
@@ -112,7 +59,10 @@ def test_latency(benchmark, bench_plan, bench_model: BenchModel, batch_size: int
     with torch.inference_mode():
         got = prepared.to_torch(prepared.run(prepared.inputs))
         prepared.synchronize()
-    check_parity(got, expected, other, atol, rtol, what)
+    try:
+        check_parity(got, expected, other, atol, rtol, what)
+    except ParityError as e:
+        pytest.fail(str(e), pytrace=False)
     max_abs_diff = float((got - expected).abs().max())
 
     def timed():

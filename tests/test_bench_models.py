@@ -8,7 +8,8 @@ import torch
 from bench import models as bench_models
 from bench.backends import BACKENDS, get_backend
 from bench.conftest import BATCH_SIZES, QUICK_BATCH_SIZES, BenchSettings, Timing, make_plan
-from bench.test_latency import check_parity, rounds_for
+from bench.parity import ParityError, check_parity
+from bench.test_latency import rounds_for
 from prune.checkpoint import save_checkpoint
 from prune.errors import PruneBenchError
 from prune.mask import Mask
@@ -109,9 +110,10 @@ def test_check_parity_fails_on_wrong_and_on_trivial():
     expected = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     other = torch.tensor([[1.5, 2.0], [3.0, 4.5]])
     check_parity(expected + 1e-6, expected, other, 1e-4, 1e-4, "ok")
-    with pytest.raises(pytest.fail.Exception, match="differs from dense"):
+    with pytest.raises(ParityError, match="differs from dense") as wrong:
         check_parity(expected + 1e-2, expected, other, 1e-4, 1e-4, "wrong")
-    with pytest.raises(pytest.fail.Exception, match="pass trivially"):
+    assert "\n" not in str(wrong.value)  # one line, for the CLIs
+    with pytest.raises(ParityError, match="pass trivially"):
         check_parity(expected, expected, expected + 1e-6, 1e-4, 1e-4, "constant")
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bench.backends import NotApplicable, get_backend
-from bench.test_latency import TF32_ATOL, parity_tolerance
+from bench.parity import TF32_ATOL, parity_tolerance
 from prune.errors import PruneBenchError
 
 

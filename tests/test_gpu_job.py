@@ -117,7 +117,7 @@ def test_summary_writes_its_files_and_says_what_is_missing(tmp_path):
     out = tmp_path / "out"
     lines = gpu_job.write_summary(out, [str(bench)], str(study), {"gpu": "Test GPU", "torch": "x", "cuda": "y"})
     assert lines[0].startswith("GPU job summary: Test GPU")
-    assert any("50perc_oneshot1_2-4: 88.00% (-2.00 pp)" in line for line in lines)
+    assert any("50perc_oneshot1_2-4: 88.00% (drop vs base +2.00 pp)" in line for line in lines)
     summary = (out / "summary.md").read_text()
     assert "| the study table |" in summary and "per-layer sparsity" in summary and "torch-dense" in summary
     assert (out / "bench.png").stat().st_size > 0 and (out / "bench.json").is_file()

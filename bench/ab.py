@@ -1,0 +1,223 @@
+"""Interleaved A/B timing: backends on the same models, in alternating short blocks of calls.
+
+On a shared machine the speed of a multi-threaded run can move by a third for
+seconds at a time (seen on this project's 2-core VM: a 2-thread sparse-direct run
+flipped between 2.6 and 3.5 ms per image every few seconds within one process,
+while single-threaded runs held steady). The suite times one backend after
+another, so such a swing can land on one side of a comparison. Here each
+backend runs a block of calls in turn (A B, then B A, ...), the blocks are
+short against the swings, and a speedup is taken block pair by block pair,
+so both sides see the same machine. A pause between blocks lets the thread
+pools that spin after a call (ONNX Runtime's, ours) go quiet before the next
+backend starts. Parity against dense PyTorch is checked before any timing.
+
+    python -m bench.ab synthetic:0.9 --batch-size 1
+    python -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 --batch-size 64 -o bench/results
+    python -m bench.ab model.pt --backends onnxruntime,sparse-direct,torch-compile --blocks 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from exporters import run_cli
+from prune.cli import add_settings, settings_from
+from prune.errors import PruneBenchError
+
+
+@dataclasses.dataclass
+class ABSettings:
+    """What is compared and how long each block runs."""
+
+    backends: str = dataclasses.field(
+        default="onnxruntime,sparse-direct", metadata={"help": "comma-separated; the first is the baseline"}
+    )
+    batch_size: int = dataclasses.field(default=1, metadata={"help": "images per call"})
+    threads: int = dataclasses.field(default=0, metadata={"help": "CPU threads; 0: the physical cores"})
+    device: str = dataclasses.field(default="cpu", metadata={"help": "cpu or cuda"})
+    blocks: int = dataclasses.field(default=12, metadata={"help": "blocks per backend and model"})
+    block_s: float = dataclasses.field(default=0.5, metadata={"help": "seconds of calls per block"})
+    pause_ms: float = dataclasses.field(default=50.0, metadata={"help": "idle time before each block"})
+
+
+@dataclasses.dataclass
+class ABResult:
+    """One model: per backend, the median ms per image of each block, in block order."""
+
+    model: str
+    facts: dict
+    blocks: dict[str, list[float]]
+
+    def median(self, backend: str) -> float:
+        return statistics.median(self.blocks[backend])
+
+    def ratios(self, baseline: str, backend: str) -> list[float]:
+        """Speedup of ``backend`` over ``baseline`` in each block pair (> 1: faster than the baseline)."""
+        return [b / x for b, x in zip(self.blocks[baseline], self.blocks[backend])]
+
+
+def _time_block(run, inputs, synchronize, seconds: float) -> float:
+    """Median seconds per call over calls filling ``seconds`` (at least 3 calls)."""
+    times = []
+    end = time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < end:
+        start = time.perf_counter()
+        run(inputs)
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def compare(specs: list, settings: ABSettings, progress: bool = True) -> list[ABResult]:
+    """Prepare every backend on every model, check parity, then time them in alternating blocks."""
+    from tqdm import tqdm
+
+    from bench import models as bench_models
+    from bench.backends import NotApplicable, get_backend
+    from bench.parity import check_parity, parity_tolerance
+
+    names = [n.strip() for n in settings.backends.split(",") if n.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise PruneBenchError(f"--backends {settings.backends!r}: give two or more different backends, baseline first")
+    backends = [get_backend(n) for n in names]  # an unknown name fails here, listing the known ones
+    for value, flag in ((settings.batch_size, "--batch-size"), (settings.blocks, "--blocks")):
+        if value < 1:
+            raise PruneBenchError(f"{flag} {value}: give at least 1")
+    if settings.block_s <= 0 or settings.pause_ms < 0:
+        raise PruneBenchError("--block-s must be positive and --pause-ms not negative")
+    threads = settings.threads or bench_models.physical_cores()
+    torch.set_num_threads(threads)
+    results = []
+    for spec in specs:
+        bm = bench_models.load(spec)
+        example = bench_models.example_batch(settings.batch_size, seed=0)
+        expected = bm.reference(settings.batch_size, seed=0)
+        other = bm.reference(settings.batch_size, seed=1)
+        prepared = {}
+        for name, backend in zip(names, backends):
+            what = f"{name} on {settings.device}, {spec.id}, batch {settings.batch_size}"
+            try:
+                p = backend.prepare(bm.model, example, settings.device, threads)
+            except NotApplicable as e:
+                raise PruneBenchError(f"{what}: {e}") from None
+            atol, rtol, _ = parity_tolerance(backend, settings.device)
+            with torch.inference_mode():
+                got = p.to_torch(p.run(p.inputs))
+                p.synchronize()
+            check_parity(got, expected, other, atol, rtol, what)
+            prepared[name] = p
+        blocks: dict[str, list[float]] = {n: [] for n in names}
+        with torch.inference_mode():
+            for p in prepared.values():  # warm-up
+                for _ in range(3):
+                    p.run(p.inputs)
+                p.synchronize()
+            for k in tqdm(range(settings.blocks), desc=f"{spec.id} bs{settings.batch_size}", disable=not progress,
+                          file=sys.stderr):
+                for name in names if k % 2 == 0 else names[::-1]:
+                    p = prepared[name]
+                    time.sleep(settings.pause_ms / 1e3)
+                    seconds = _time_block(p.run, p.inputs, p.synchronize, settings.block_s)
+                    blocks[name].append(seconds * 1e3 / settings.batch_size)
+        results.append(ABResult(spec.id, bm.facts, blocks))
+        del prepared
+    return results
+
+
+def format_table(results: list[ABResult], settings: ABSettings, threads: int) -> str:
+    names = [n.strip() for n in settings.backends.split(",") if n.strip()]
+    base = names[0]
+    head = "| model | sparsity | MAC-weighted | limit | " + " | ".join(f"{n} ms/img" for n in names)
+    head += " | " + " | ".join(f"{n} vs {base}" for n in names[1:]) + " |"
+    lines = [
+        f"Interleaved A/B on {settings.device}, batch {settings.batch_size}, {threads} thread(s): {settings.blocks} "
+        f"blocks of {settings.block_s:g} s per backend and model, alternating order, {settings.pause_ms:g} ms pause "
+        "before each block. ms/img: median over blocks of each block's median call, per image. Speedup: median over "
+        f"block pairs of {base}'s block time over the backend's, with the lowest and highest pair in brackets.",
+        "",
+        head,
+        "|---|---:|---:|---:|" + "---:|" * (2 * len(names) - 1),
+    ]
+    for r in results:
+        s, smac = r.facts.get("sparsity", 0.0), r.facts.get("mac_sparsity", 0.0)
+        limit = 1.0 / (1.0 - smac) if smac < 1 else float("inf")
+        cells = [f"{r.median(n):.3f}" for n in names]
+        for n in names[1:]:
+            ratios = r.ratios(base, n)
+            cells.append(f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f})")
+        lines.append(f"| {r.model} | {s:.1%} | {smac:.1%} | {limit:.2f}x | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: list[ABResult], settings: ABSettings, path: Path) -> None:
+    """Each block's time per backend, in block order: the machine's swings show as steps shared by all lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n.strip() for n in settings.backends.split(",") if n.strip()]
+    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 3.4), squeeze=False)
+    for ax, r in zip(axes[0], results):
+        for n in names:
+            ax.plot(range(1, len(r.blocks[n]) + 1), r.blocks[n], "o-", markersize=3, label=n)
+        ax.set_title(r.model, fontsize=9)
+        ax.set_xlabel("block")
+        ax.set_ylim(bottom=0)
+    axes[0][0].set_ylabel("ms per image (block median)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"interleaved A/B, {settings.device}, batch {settings.batch_size}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="checkpoint files, or synthetic:S for the suite's synthetic model")
+    add_settings(parser, ABSettings)
+    parser.add_argument("-o", "--out", default=None, help="folder for the Markdown table, JSON and PNG plot")
+    parser.add_argument("--force", action="store_true", help="overwrite earlier results of the same name")
+    args = parser.parse_args(argv)
+
+    def work(_argv) -> int:
+        from bench import models as bench_models
+        from prune.checkpoint import check_writable
+
+        settings = settings_from(args, ABSettings)
+        specs = [bench_models.model_spec(m) for m in args.models]
+        targets = None
+        if args.out:  # refuse before the slow part
+            stem = Path(args.out) / f"ab-{settings.device}-bs{settings.batch_size}"
+            targets = [check_writable(stem.with_suffix(ext), args.force) for ext in (".md", ".json", ".png")]
+        threads = settings.threads or bench_models.physical_cores()
+        results = compare(specs, settings)
+        table = format_table(results, settings, threads)
+        print(table)
+        if targets:
+            targets[0].write_text(table + "\n")
+            record = {
+                "settings": dataclasses.asdict(settings),
+                "threads": threads,
+                "versions": bench_models.bench_versions(),
+                "results": [dataclasses.asdict(r) for r in results],
+            }
+            targets[1].write_text(json.dumps(record, indent=1) + "\n")
+            plot(results, settings, targets[2])
+            print(f"wrote {targets[0]}, {targets[1]} and {targets[2]}", file=sys.stderr)
+        return 0
+
+    return run_cli(work, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
