@@ -17,9 +17,14 @@ Variants of one convolution (``Variant``), timed against each other per layer:
 "sparse" (each output channel's nonzeros; the tile of V vectors stays in
 registers), "grouped" (R channels share the union of their patterns), "dense"
 (every weight, R channels x V vectors per tile), "channels" (every weight, 16
-output channels per vector: small single images) and "torch" (torch's conv2d).
-Several images per pass can also split the input channels into chunks and the
-positions into blocks, so that what a pass reads stays in cache.
+output channels per vector: small single images), "rows" (16 images: each
+output channel's nonzeros grouped by kernel row, so the 2-3 nonzero taps of a
+row share the vectors they load; see ``PackedRows``) and "torch" (torch's
+conv2d). Several images per pass can also split the input channels into chunks
+and the positions into blocks, so that what a pass reads stays in cache, and
+run tile-major (``tiles``): each tile of positions runs every output channel
+while its inputs stay in L1, instead of each output channel sweeping every
+position.
 
 The kernel (``sparse_conv.cpp``) is built once per machine with
 ``torch.utils.cpp_extension.load_inline`` (-O3 -march=native) into torch's
