@@ -196,6 +196,7 @@ class _ChoiceCache:
 
 
 _KERNEL_DIGEST = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:10]
+_CHOICE_VERSION = 2  # bump when the way choices are timed changes: earlier cached choices are then ignored
 
 
 class Engine:
@@ -243,19 +244,29 @@ class Engine:
         return {r.name: r.choice for r in self.layers}
 
 
-def _time_op(op: ConvOp, runs: int, give_up_ms: float = float("inf")) -> float:
-    """The fastest of ``runs`` calls in ms, after a warm-up call (the first call of an op can be many
-    times slower); a variant whose first two timed calls are slower than ``give_up_ms`` is not timed
-    further (it will not be chosen), which keeps preparing quick."""
-    op()
-    best = float("inf")
-    for k in range(runs):
-        t = time.perf_counter()
+def _time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | None = 3.0) -> dict[str, float]:
+    """The fastest call of each op in ms, timed round-robin: one call of each op per round, after a
+    warm-up call each (the first call of an op can be many times slower).
+
+    Round-robin, because a shared machine can run at two speeds for seconds at a time:
+    timing one variant after another lets a slow spell fall on one of them alone (a dense
+    layer once chose a sparse kernel 1.3x slower than its dense one that way, and the
+    choice cache kept it). After two rounds, ops slower than ``give_up`` times the best so
+    far stop being timed (they will not be chosen), which keeps preparing quick.
+    """
+    for op in ops.values():
         op()
-        best = min(best, time.perf_counter() - t)
-        if k == 1 and best * 1e3 > give_up_ms:  # two calls: one disturbed call does not rule a variant out
-            break
-    return best * 1e3
+    best = {name: float("inf") for name in ops}
+    alive = list(ops)
+    for k in range(rounds):
+        for name in alive:
+            t = time.perf_counter()
+            ops[name]()
+            best[name] = min(best[name], time.perf_counter() - t)
+        if give_up and k >= 1:  # two calls each: one disturbed call does not rule a variant out
+            floor = min(best.values())
+            alive = [n for n in alive if best[n] <= give_up * floor]
+    return {name: t * 1e3 for name, t in best.items()}
 
 
 def _warm_up(threads: int) -> None:
@@ -416,7 +427,7 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
         density = float((weight != 0).float().mean())
         fused = "+".join(x for x in ("add" if p.residual else "", "relu" if p.relu else "") if x)
         key = "|".join(
-            str(x) for x in (_weights_digest(conv), geom, fused, threads, cpu_name(), _KERNEL_DIGEST)
+            str(x) for x in (_weights_digest(conv), geom, fused, threads, cpu_name(), _KERNEL_DIGEST, _CHOICE_VERSION)
         )
 
         packs: dict[tuple, PackedWeights | PackedRows] = {}  # variants differing only in tiling share their weights
@@ -448,20 +459,16 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
             chosen = by_name[cached]
             engine.cache_hits += 1
         else:
-            for v in variants:
-                # a profile times every variant fully; choosing gives up on clearly slower ones
-                best = float("inf") if settings.time_everything else min(times.values(), default=float("inf"))
-                times[str(v)] = _time_op(make(v), settings.timing_runs, give_up_ms=3 * best)
+            # a profile times every variant fully; choosing gives up on clearly slower ones
+            ops = {str(v): make(v) for v in variants}
+            times = _time_ops(ops, settings.timing_runs, None if settings.time_everything else 3.0)
             ranked = sorted(times, key=times.get)
             if len(ranked) > 1 and not settings.time_everything:
-                # the two best again, alternately: a disturbed run must not decide the layer
-                a, b = make(by_name[ranked[0]]), make(by_name[ranked[1]])
-                again = {ranked[0]: float("inf"), ranked[1]: float("inf")}
-                for _ in range(settings.timing_runs):
-                    for name, op in ((ranked[0], a), (ranked[1], b)):
-                        again[name] = min(again[name], _time_op(op, 1))
-                times.update(again)
+                # the two best again, alternately and longer: a disturbed run must not decide the layer
+                top = {name: ops[name] for name in ranked[:2]}
+                times.update(_time_ops(top, 2 * settings.timing_runs, None))
                 ranked = sorted(times, key=times.get)
+            del ops
             chosen = by_name[ranked[0]]
             cache.put(key, str(chosen))
         op = make(chosen)
