@@ -187,3 +187,25 @@ def test_pruned_resnet18_at_95_percent_matches_in_every_layer():
     assert len(features) >= 17  # stem, 8 blocks x 2 convs, with the shortcuts fused or separate
     for name, value in features.items():
         torch.testing.assert_close(value, reference[name], atol=1e-4, rtol=1e-4, msg=f"activation {name}")
+
+
+def test_variants_are_timed_round_robin_and_slow_ones_dropped():
+    # one call of each variant per round: a slow spell of the machine then falls on all variants alike
+    import time
+
+    from bench.kernels.engine import _time_ops
+
+    calls = []
+
+    def op(name, seconds):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+
+        return run
+
+    times = _time_ops({"fast": op("fast", 0.001), "slow": op("slow", 0.02), "near": op("near", 0.0015)}, rounds=4)
+    assert calls[:3] == ["fast", "slow", "near"]  # the warm-up call of each
+    assert calls[3:9] == ["fast", "slow", "near"] * 2  # two full rounds, interleaved
+    assert calls[9:] == ["fast", "near"] * 2  # then "slow" (over 3x the best) is no longer timed
+    assert times["fast"] < times["near"] < times["slow"]
