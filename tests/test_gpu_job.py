@@ -124,3 +124,17 @@ def test_summary_writes_its_files_and_says_what_is_missing(tmp_path):
     assert json.loads((out / "study.json").read_text())["dataset"] == "fashion-mnist"
     empty = gpu_job.write_summary(tmp_path / "empty", [], None, {})
     assert any("bench: no results" in line for line in empty) and any("study: no results" in line for line in empty)
+
+
+def test_the_2_4_profile_script_runs_its_cpu_check(tmp_path, capsys):
+    # without CUDA it times and profiles the dense control at a tiny size: the script itself must keep working
+    import torch
+
+    from bench import gpu_profile_24
+
+    if torch.cuda.is_available():
+        pytest.skip("with CUDA this runs the full GPU profile; the CPU check is for machines without one")
+    assert gpu_profile_24.main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "gemm batch 1" in out and "model batch 2, dense:" in out
+    assert "aten::mm" in (tmp_path / "profile_24.txt").read_text()
