@@ -4,12 +4,13 @@ The H200 run (bench/results/gpu/run2) timed ``torch-2:4`` at 10.9 ms (batch 1) a
 11.6 ms (batch 256) against 2.0 and 5.2 ms for the same im2col path with dense
 fp16 weights. This script times, on CUDA, (a) one 2:4 matrix product of a
 ResNet-18 layer against the dense one, with and without torch's
-``to_sparse_semi_structured`` linear in between, and (b) the whole 2:4 model
-and its dense control under ``torch.profiler``, and prints the ops that take
-the time. On a machine without CUDA it runs the dense control on the CPU at a
+``to_sparse_semi_structured`` linear in between, (b) the whole 2:4 model
+and its dense control under ``torch.profiler``, printing the ops that take
+the time, and (c) both captured in a CUDA graph, to see whether replay removes
+the per-call host set-up. On a machine without CUDA it runs the dense control on the CPU at a
 tiny size, to check the script itself.
 
-    python -m bench.gpu_profile_24 [--out DIR]
+    python -m bench.gpu_profile_24 [--out DIR] [--graphs-only]
 """
 
 from __future__ import annotations
@@ -108,9 +109,41 @@ def model_lines(cuda: bool, out: Path | None) -> list[str]:
     return lines
 
 
+def graph_lines(cuda: bool) -> list[str]:
+    """The 2:4 model and its dense control captured in a CUDA graph: does replay remove the per-call host set-up?"""
+    if not cuda:
+        return ["graphs: no CUDA here, skipped"]
+    from bench.backends.cuda_dense import capture_graph
+    from bench.backends.semi_structured import prepare_model
+    from bench.gpu_job import synthetic_24
+
+    base = synthetic_24(0.5)
+    lines = []
+    for batch in (1, 256):
+        x = torch.randn(batch, 3, 32, 32, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+        for kernel in ("cusparselt", "dense"):
+            model, _ = prepare_model(base, "cuda", torch.float16, kernel)
+            with torch.inference_mode():
+                eager_ms = _time(lambda: model(x), cuda, iters=10, warmup=3)
+                expected = model(x).float()
+            try:
+                replay, _ = capture_graph(model, x)
+            except Exception as e:  # capture can refuse ops that sync or allocate: say which
+                lines.append(f"graph batch {batch}, {kernel}: eager {eager_ms:.3f} ms; capture failed: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+                continue
+            with torch.inference_mode():
+                graph_ms = _time(lambda: replay(x), cuda)
+                err = float((replay(x).float() - expected).norm() / expected.norm())
+            lines.append(f"graph batch {batch}, {kernel}: eager {eager_ms:.3f} ms, CUDA graph {graph_ms:.3f} ms "
+                         f"(relative difference to eager {err:.1e})")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_profile_24", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="folder for the full profiler tables")
+    parser.add_argument("--graphs-only", action="store_true", help="only the CUDA-graph experiment")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else None
     if out:
@@ -119,8 +152,10 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu (no CUDA: dense control only, tiny)'}; "
           f"torch {torch.__version__}")
-    for line in gemm_lines(cuda) + model_lines(cuda, out):
-        print(line)
+    parts = [graph_lines] if args.graphs_only else [gemm_lines, lambda c: model_lines(c, out), graph_lines]
+    for part in parts:
+        for line in part(cuda):
+            print(line, flush=True)
     return 0
 
 
