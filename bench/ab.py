@@ -48,6 +48,11 @@ class ABSettings:
     block_s: float = dataclasses.field(default=0.5, metadata={"help": "seconds of calls per block"})
     pause_ms: float = dataclasses.field(default=50.0, metadata={"help": "idle time before each block"})
 
+    @property
+    def names(self) -> list[str]:
+        """The backends, baseline first."""
+        return [n.strip() for n in self.backends.split(",") if n.strip()]
+
 
 @dataclasses.dataclass
 class ABResult:
@@ -83,9 +88,9 @@ def compare(specs: list, settings: ABSettings, progress: bool = True) -> list[AB
 
     from bench import models as bench_models
     from bench.backends import NotApplicable, get_backend
-    from bench.parity import check_parity, parity_tolerance
+    from bench.parity import prepare_checked
 
-    names = [n.strip() for n in settings.backends.split(",") if n.strip()]
+    names = settings.names
     if len(names) < 2 or len(set(names)) != len(names):
         raise PruneBenchError(f"--backends {settings.backends!r}: give two or more different backends, baseline first")
     backends = [get_backend(n) for n in names]  # an unknown name fails here, listing the known ones
@@ -99,22 +104,13 @@ def compare(specs: list, settings: ABSettings, progress: bool = True) -> list[AB
     results = []
     for spec in specs:
         bm = bench_models.load(spec)
-        example = bench_models.example_batch(settings.batch_size, seed=0)
-        expected = bm.reference(settings.batch_size, seed=0)
-        other = bm.reference(settings.batch_size, seed=1)
         prepared = {}
         for name, backend in zip(names, backends):
             what = f"{name} on {settings.device}, {spec.id}, batch {settings.batch_size}"
             try:
-                p = backend.prepare(bm.model, example, settings.device, threads)
+                prepared[name], _, _ = prepare_checked(backend, bm, settings.batch_size, settings.device, threads, what)
             except NotApplicable as e:
                 raise PruneBenchError(f"{what}: {e}") from None
-            atol, rtol, _ = parity_tolerance(backend, settings.device)
-            with torch.inference_mode():
-                got = p.to_torch(p.run(p.inputs))
-                p.synchronize()
-            check_parity(got, expected, other, atol, rtol, what)
-            prepared[name] = p
         blocks: dict[str, list[float]] = {n: [] for n in names}
         with torch.inference_mode():
             for p in prepared.values():  # warm-up
@@ -134,7 +130,7 @@ def compare(specs: list, settings: ABSettings, progress: bool = True) -> list[AB
 
 
 def format_table(results: list[ABResult], settings: ABSettings, threads: int) -> str:
-    names = [n.strip() for n in settings.backends.split(",") if n.strip()]
+    names = settings.names
     base = names[0]
     head = "| model | sparsity | MAC-weighted | limit | " + " | ".join(f"{n} ms/img" for n in names)
     head += " | " + " | ".join(f"{n} vs {base}" for n in names[1:]) + " |"
@@ -165,7 +161,7 @@ def plot(results: list[ABResult], settings: ABSettings, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n.strip() for n in settings.backends.split(",") if n.strip()]
+    names = settings.names
     fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 3.4), squeeze=False)
     for ax, r in zip(axes[0], results):
         for n in names:

@@ -16,6 +16,7 @@ tiny size, to check the script itself.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -43,6 +44,14 @@ def _time(fn, cuda: bool, iters: int = 20, warmup: int = 5) -> float:
             fn()
             times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
+
+
+@functools.lru_cache(maxsize=1)
+def _model_24():
+    """The synthetic 2:4 ResNet-18 at 50% the GPU job times (seeded, BatchNorm calibrated: built once)."""
+    from bench.gpu_job import synthetic_24
+
+    return synthetic_24(0.5)
 
 
 def gemm_lines(cuda: bool) -> list[str]:
@@ -77,9 +86,8 @@ def gemm_lines(cuda: bool) -> list[str]:
 def model_lines(cuda: bool, out: Path | None) -> list[str]:
     """The whole 2:4 model and its dense control: median time and the top ops under the profiler."""
     from bench.backends.semi_structured import prepare_model
-    from bench.gpu_job import synthetic_24
 
-    base = synthetic_24(0.5)
+    base = _model_24()
     device = "cuda" if cuda else "cpu"
     dtype = torch.float16 if cuda else torch.float32
     lines = []
@@ -115,9 +123,8 @@ def graph_lines(cuda: bool) -> list[str]:
         return ["graphs: no CUDA here, skipped"]
     from bench.backends.cuda_dense import capture_graph
     from bench.backends.semi_structured import prepare_model
-    from bench.gpu_job import synthetic_24
 
-    base = synthetic_24(0.5)
+    base = _model_24()
     lines = []
     for batch in (1, 256):
         x = torch.randn(batch, 3, 32, 32, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)

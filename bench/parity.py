@@ -46,3 +46,24 @@ def parity_tolerance(backend, device: str) -> tuple[float, float, bool]:
     if tf32:
         return max(backend.atol, TF32_ATOL), max(backend.rtol, TF32_RTOL), True
     return backend.atol, backend.rtol, False
+
+
+def prepare_checked(backend, bench_model, batch_size: int, device: str, threads: int, what: str):
+    """Prepare ``backend`` on ``bench_model`` for the suite's seeded batch and check its output before any timing.
+
+    Returns ``(prepared, (atol, rtol, tf32), max_abs_diff)``. ``NotApplicable`` from
+    the backend passes through (the caller says whether that is a skip or an
+    error); a mismatch raises ``ParityError``. The parity call is the prepared
+    function's first call, so it also warms it up.
+    """
+    from bench.models import example_batch
+
+    expected = bench_model.reference(batch_size, seed=0)
+    other = bench_model.reference(batch_size, seed=1)  # a different input: proves the check is not trivial
+    prepared = backend.prepare(bench_model.model, example_batch(batch_size, seed=0), device, threads)
+    atol, rtol, tf32 = parity_tolerance(backend, device)
+    with torch.inference_mode():
+        got = prepared.to_torch(prepared.run(prepared.inputs))
+        prepared.synchronize()
+    check_parity(got, expected, other, atol, rtol, what)
+    return prepared, (atol, rtol, tf32), float((got - expected).abs().max())

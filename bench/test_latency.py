@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from bench.backends import NotApplicable, get_backend
-from bench.models import BenchModel, bench_versions, example_batch, expected_limit
-from bench.parity import ParityError, check_parity, parity_tolerance
+from bench.models import BenchModel, bench_versions, expected_limit
+from bench.parity import ParityError, prepare_checked
 
 
 VERSIONS = bench_versions()
@@ -46,24 +46,14 @@ def rounds_for(call_s: float, timing) -> int:
 def test_latency(benchmark, bench_plan, bench_model: BenchModel, batch_size: int, backend_name: str, device: str):
     backend = get_backend(backend_name)
     what = f"{backend_name} on {device}, {bench_model.spec.id}, batch {batch_size}"
-    example = example_batch(batch_size, seed=0)
-    expected = bench_model.reference(batch_size, seed=0)
-    other = bench_model.reference(batch_size, seed=1)  # a different input: proves the check is not trivial
-
     try:
-        prepared = backend.prepare(bench_model.model, example, device, bench_plan.threads)
+        prepared, (atol, rtol, tf32), max_abs_diff = prepare_checked(
+            backend, bench_model, batch_size, device, bench_plan.threads, what
+        )
     except NotApplicable as e:
         pytest.skip(f"{what}: {e}")
-    atol, rtol, tf32 = parity_tolerance(backend, device)
-
-    with torch.inference_mode():
-        got = prepared.to_torch(prepared.run(prepared.inputs))
-        prepared.synchronize()
-    try:
-        check_parity(got, expected, other, atol, rtol, what)
     except ParityError as e:
         pytest.fail(str(e), pytrace=False)
-    max_abs_diff = float((got - expected).abs().max())
 
     def timed():
         prepared.run(prepared.inputs)

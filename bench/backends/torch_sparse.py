@@ -30,7 +30,18 @@ def _quiet_csr():
         yield
 
 
-class SparseConv2d(nn.Module):
+class _PlainTensors(nn.Module):
+    """A module whose weight and bias are plain tensor attributes (sparse layouts cannot be Parameters)."""
+
+    def _apply(self, fn, recurse=True):
+        # nn.Module.to() does not reach plain tensor attributes; move them by hand.
+        self.weight = fn(self.weight)
+        if self.bias is not None:
+            self.bias = fn(self.bias)
+        return self
+
+
+class SparseConv2d(_PlainTensors):
     """A Conv2d (groups 1, zero padding) computed as unfold + ``torch.sparse.mm`` with a CSR weight."""
 
     def __init__(self, conv: nn.Conv2d):
@@ -43,13 +54,6 @@ class SparseConv2d(nn.Module):
         with _quiet_csr():
             self.weight = conv.weight.detach().reshape(conv.out_channels, -1).to_sparse_csr()
         self.bias = None if conv.bias is None else conv.bias.detach().clone()
-
-    def _apply(self, fn, recurse=True):
-        # nn.Module.to() does not reach plain tensor attributes; move them by hand.
-        self.weight = fn(self.weight)
-        if self.bias is not None:
-            self.bias = fn(self.bias)
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -69,7 +73,7 @@ class SparseConv2d(nn.Module):
         return f"{self.weight.shape[1]}->{self.out_channels}, nnz={self.weight.values().numel()}, CSR"
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(_PlainTensors):
     """A Linear layer as ``W_csr @ x^T`` (``torch.sparse.mm``)."""
 
     def __init__(self, linear: nn.Linear):
@@ -77,12 +81,6 @@ class SparseLinear(nn.Module):
         with _quiet_csr():
             self.weight = linear.weight.detach().to_sparse_csr()
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
-
-    def _apply(self, fn, recurse=True):
-        self.weight = fn(self.weight)
-        if self.bias is not None:
-            self.bias = fn(self.bias)
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
