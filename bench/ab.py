@@ -94,6 +94,14 @@ def compare(specs: list, settings: ABSettings, progress: bool = True) -> list[AB
     if len(names) < 2 or len(set(names)) != len(names):
         raise PruneBenchError(f"--backends {settings.backends!r}: give two or more different backends, baseline first")
     backends = [get_backend(n) for n in names]  # an unknown name fails here, listing the known ones
+    for backend in backends:  # a device the backend does not run on must not fall back silently
+        if settings.device not in backend.devices:
+            raise PruneBenchError(
+                f"--device {settings.device}: {backend.name} runs on {', '.join(backend.devices)}; choose one of those"
+            )
+        reason = backend.unavailable(settings.device)
+        if reason:
+            raise PruneBenchError(f"{backend.name} on {settings.device}: {reason}")
     for value, flag in ((settings.batch_size, "--batch-size"), (settings.blocks, "--blocks")):
         if value < 1:
             raise PruneBenchError(f"{flag} {value}: give at least 1")

@@ -25,6 +25,14 @@ def test_bad_backend_lists_are_refused(backends, message):
         ab.compare([], ab.ABSettings(backends=backends))
 
 
+def test_a_device_a_backend_does_not_run_on_is_refused():
+    # "gpu" is no device; sparse-direct never runs on CUDA: neither may fall back to the CPU silently
+    with pytest.raises(ab.PruneBenchError, match="--device gpu: onnxruntime runs on cpu, cuda"):
+        ab.compare([], ab.ABSettings(device="gpu"))
+    with pytest.raises(ab.PruneBenchError, match="sparse-direct runs on cpu"):
+        ab.compare([], ab.ABSettings(backends="sparse-direct,onnxruntime", device="cuda"))
+
+
 def test_cli_times_checks_parity_writes_and_refuses_to_overwrite(tmp_path, capsys):
     argv = ["synthetic:0.5", "--backends", "torch-dense,torch-dense-folded", "--blocks", "2", "--block-s", "0.01",
             "--pause-ms", "0", "--threads", "1", "-o", str(tmp_path)]
