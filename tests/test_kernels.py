@@ -278,3 +278,48 @@ def test_calls_from_several_threads_at_once():
     with ThreadPoolExecutor(max_workers=3) as pool:
         errors = list(pool.map(lambda ic: one(ic[1], 1 + ic[0] % 2), enumerate(cases * 5)))
     assert max(errors) < 1e-4
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.sampled_from([1, 2, 3, 16, 17]), c=st.integers(1, 40), h=st.integers(1, 9), w=st.integers(1, 35),
+       border=st.integers(1, 2), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
+def test_global_avg_pool_reads_only_the_pixels(n, c, h, w, border, threads, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g)
+    act = Act(c, h, w, n, border)
+    buf = to_act(x, act)
+    pixels = from_act(buf, act).clone()
+    buf.add_(torch.rand(buf.shape, generator=g) + 1.0)  # junk on border and wrap-around: must not be read...
+    act.interior(buf).copy_(pixels)  # ...while the pixels are the image's
+    out = torch.full((n, c, 1, 1), float("nan"))
+    K.global_avg_pool(buf, act, out, threads)
+    torch.testing.assert_close(out, x.mean((2, 3), keepdim=True), atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 17), c=st.integers(1, 70), k=st.integers(1, 12), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_linear_matches_torch(n, c, k, bias, seed):
+    g = torch.Generator().manual_seed(seed)
+    x, weight = torch.randn(n, c, generator=g), torch.randn(k, c, generator=g)
+    b = torch.randn(k, generator=g) if bias else None
+    out = torch.full((n, k), float("nan"))
+    K.linear(x, weight, b, out)
+    torch.testing.assert_close(out, F.linear(x, weight, b), atol=1e-4, rtol=1e-4)
+
+
+def test_linear_refuses_shapes_that_do_not_fit():
+    with pytest.raises(K.PruneBenchError, match="do not fit"):
+        K.linear(torch.randn(2, 8), torch.randn(3, 7), None, torch.zeros(2, 3))
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.sampled_from([1, 2, 16]), c=st.integers(1, 5), h=st.integers(1, 9), w=st.integers(1, 9),
+       border=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_layout_copy_matches_the_strided_view(n, c, h, w, border, seed):
+    x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(seed))
+    act = Act(c, h, w, n, border)
+    fast = to_act(x, act)  # contiguous fp32: the kernel's copy
+    slow = act.alloc()
+    act.interior(slow).copy_(x)  # torch's strided copy
+    assert torch.equal(fast, slow)
+    assert torch.equal(to_act(x.transpose(2, 3).contiguous().transpose(2, 3), act), slow)  # non-contiguous input

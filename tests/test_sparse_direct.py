@@ -105,6 +105,18 @@ def test_outputs_depend_on_the_input():
     assert (y.std(0) > 1e-4).all()
 
 
+def test_classifier_head_runs_in_the_kernel_and_follows_each_input():
+    model = tiny_model(seed=4)
+    engine = compile_model(model, torch.randn(3, 3, 12, 12), threads=2, settings=no_cache())
+    # pool, flatten and fc leave no torch step: pool and fc write preallocated buffers, flatten is a view
+    assert engine.output_slot in engine.fixed
+    assert not any(getattr(step, "__qualname__", "").endswith("torch_step.<locals>.step") for step in engine.steps)
+    for seed in (1, 2):  # a stale view or buffer would return the first input's answer for the second
+        x = torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            torch.testing.assert_close(engine.run(x), model(x), atol=1e-5, rtol=1e-5)
+
+
 def test_fused_epilogues_and_choices_cover_every_conv():
     engine = compile_model(tiny_model(), torch.randn(1, 3, 12, 12), threads=1, settings=no_cache())
     fused = {r.name: r.fused for r in engine.layers}

@@ -167,13 +167,41 @@ def to_act(x: torch.Tensor, act: Act, buf: torch.Tensor | None = None) -> torch.
     """Copy an (N, C, H, W) tensor into the flat layout (into ``buf`` where given, whose border stays zero)."""
     if buf is None:
         buf = act.alloc()
-    act.interior(buf).copy_(x)
+    if x.dtype == torch.float32 and x.is_contiguous() and tuple(x.shape) == (act.N, act.C, act.H, act.W):
+        kernel_module().to_layout(x.data_ptr(), act.N, act.C, act.H, act.W, buf.data_ptr(), buf.stride(0), act.pitch,
+                                  act.B, act.B)
+    else:
+        act.interior(buf).copy_(x)
     return buf
 
 
 def from_act(buf: torch.Tensor, act: Act) -> torch.Tensor:
     """The (N, C, H, W) contiguous tensor held by ``buf``."""
     return act.interior(buf).contiguous()
+
+
+def global_avg_pool(buf: torch.Tensor, act: Act, out: torch.Tensor, threads: int = 1) -> None:
+    """Write the mean of each image's plane, read straight from the layout, into ``out`` ((N, C, ...), contiguous)."""
+    if out.numel() != act.N * act.C or not out.is_contiguous():
+        raise PruneBenchError(f"global_avg_pool: output of shape {tuple(out.shape)} does not hold {act.N} x {act.C}")
+    kernel_module().plane_mean(
+        buf.data_ptr(), buf.stride(0), act.C, act.H, act.W, act.pitch, act.N, act.B, act.B, out.data_ptr(), threads
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
+    """``out = x @ weight.T + bias`` on the calling thread, for the small classifier after the pool.
+
+    torch's linear costs 25-40 us here inside a pass (its thread pool against ours) for a
+    microsecond of work; all operands are contiguous fp32 (``x``: (n, C), ``weight``: (K, C)).
+    """
+    n, c = x.shape
+    k = weight.shape[0]
+    if weight.shape[1] != c or tuple(out.shape) != (n, k) or not all(
+        t.is_contiguous() and t.dtype == torch.float32 for t in (x, weight, out)
+    ):
+        raise PruneBenchError(f"linear: shapes do not fit: x {tuple(x.shape)}, weight {tuple(weight.shape)}, out {tuple(out.shape)}")
+    kernel_module().linear(x.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(), n, c, k)
 
 
 # ---------------------------------------------------------------------------- geometry

@@ -41,6 +41,8 @@ from bench.kernels import (
     candidate_variants,
     dense_nbytes,
     from_act,
+    global_avg_pool,
+    linear,
     to_act,
 )
 from prune.errors import PruneBenchError
@@ -142,6 +144,19 @@ def _is_global_avg_pool(node: fx.Node, modules: dict) -> bool:
     return False
 
 
+_VIEW_FUNCS = (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze)
+_VIEW_METHODS = ("flatten", "view", "reshape", "squeeze", "unsqueeze")
+
+
+def _is_view(node: fx.Node, modules: dict) -> bool:
+    """Whether ``node`` only reshapes its input (of a contiguous buffer, the result is a view of it)."""
+    if node.op == "call_module":
+        return isinstance(modules[node.target], nn.Flatten)
+    if node.op == "call_function":
+        return node.target in _VIEW_FUNCS
+    return node.op == "call_method" and node.target in _VIEW_METHODS
+
+
 def _supported_conv(m: nn.Module) -> bool:
     return (
         isinstance(m, nn.Conv2d)
@@ -210,6 +225,7 @@ class Engine:
         self.input_slot = ""
         self.output_slot = ""
         self.acts: dict[str, _ActVal] = {}  # fx node name -> buffer holding that node's value
+        self.fixed: set[str] = set()  # slots that hold the same preallocated tensor (or a view of one) every run
         self.layers: list[LayerRecord] = []
         self.cache_hits = 0
 
@@ -514,6 +530,24 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
             fn = getattr(torch.Tensor, node.target)
         else:
             raise PruneBenchError(f"sparse-direct cannot run fx node {node.name} ({node.op})")
+        if env_tensor and all(v.slot in engine.fixed for v in env_tensor.values()):
+            if _is_view(node, modules):  # a view of a buffer that never moves: taken once, no step
+                r = fn(*fx.node.map_arg(args, load), **fx.node.map_arg(kwargs, load))
+                bases = {engine.slots[v.slot].untyped_storage().data_ptr() for v in env_tensor.values()}
+                if isinstance(r, torch.Tensor) and r.untyped_storage().data_ptr() in bases:
+                    engine.slots[slot] = r
+                    engine.fixed.add(slot)
+                    return _TensorVal(slot)
+            if isinstance(fn, nn.Linear) and len(args) == 1 and not kwargs:
+                x = load(args[0])
+                if x.dim() == 2 and x.is_contiguous() and x.dtype == torch.float32:
+                    weight = fn.weight.detach().float().contiguous()
+                    bias = None if fn.bias is None else fn.bias.detach().float().contiguous()
+                    out = torch.zeros(x.shape[0], weight.shape[0])
+                    engine.slots[slot] = out
+                    engine.fixed.add(slot)
+                    engine.steps.append(lambda x=x, w=weight, b=bias, o=out: linear(x, w, b, o))
+                    return _TensorVal(slot)
 
         def step():
             a = fx.node.map_arg(args, load)
@@ -587,11 +621,11 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
         elif _is_global_avg_pool(node, modules) and isinstance(materialize(node.args[0]), _ActVal):
             src = env[node.args[0]]
             slot = new_slot(node.name)
-
-            def pool(a=src.act, buf=src.buf, slot=slot):  # straight from the layout, no NCHW copy first
-                engine.slots[slot] = a.interior(buf).mean((2, 3), keepdim=True)
-
-            engine.steps.append(pool)
+            out = torch.zeros(src.act.N, src.act.C, 1, 1)
+            engine.slots[slot] = out
+            engine.fixed.add(slot)
+            # straight from the layout, no NCHW copy first
+            engine.steps.append(lambda a=src.act, buf=src.buf, out=out: global_avg_pool(buf, a, out, threads))
             env[node] = _TensorVal(slot)
         else:
             for a in node.all_input_nodes:

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -372,7 +373,7 @@ void phases(int64_t in, int64_t istride, int64_t C, int64_t rows, int64_t pitch,
     const float* src = reinterpret_cast<const float*>(in);
     float* dst = reinterpret_cast<float*>(out);
     const int64_t items = s * s * C;
-    if (C * rows * pitch * n < (1 << 18)) nthreads = 1;  // a small copy: waking a thread costs more
+    if (C * rows * pitch * n < (1 << 13)) nthreads = 1;  // a small copy: waking a thread costs more
     const int64_t units = std::min<int64_t>(items, 4 * std::max(1, nthreads));
     pool().run(nthreads, units, [&](int64_t u) {
         for (int64_t item = items * u / units; item < items * (u + 1) / units; item++) {
@@ -384,8 +385,12 @@ void phases(int64_t in, int64_t istride, int64_t C, int64_t rows, int64_t pitch,
             for (int64_t i = 0; i < prows && a + s * i < rows; i++) {
                 const float* q = ip + ((a + s * i) * pitch + b) * n;
                 float* d = op + i * ppitch * n;
-                if (n == 1) {
+                if (n == 1 && s == 2) {
+                    for (int64_t j = 0; j < jn; j++) d[j] = q[2 * j];  // a constant stride: vectorised
+                } else if (n == 1) {
                     for (int64_t j = 0; j < jn; j++) d[j] = q[s * j];
+                } else if (n == 16) {  // one vector per position: a fixed-size copy, not a call to memmove
+                    for (int64_t j = 0; j < jn; j++) std::memcpy(d + j * 16, q + s * j * 16, 16 * sizeof(float));
                 } else {
                     for (int64_t j = 0; j < jn; j++) std::copy(q + s * j * n, q + (s * j + 1) * n, d + j * n);
                 }
@@ -510,6 +515,80 @@ void conv_channels(int64_t in, int64_t out, int64_t ostride, int64_t cout, int64
     });
 }
 
+// global average pool straight from the layout: out[i * C + c] = mean of image i's H x W pixels of plane c.
+// Only image pixels are read (rows y0 .. y0+H-1, columns x0 .. x0+W-1 of each plane), so the border's
+// contents do not matter.
+void plane_mean(int64_t in, int64_t istride, int64_t C, int64_t H, int64_t W, int64_t pitch, int64_t n, int64_t y0,
+                int64_t x0, int64_t out, int nthreads) {
+    const float* src = ptr<const float*>(in);
+    float* dst = ptr<float*>(out);
+    const float scale = 1.0f / float(H * W);
+    // the planes were just written by a conv whose threads split the channels: each reads back a share
+    const int64_t units = std::min<int64_t>(C, 2 * std::max(1, nthreads));
+    pool().run(nthreads, units, [&](int64_t u) {
+        std::vector<float> acc(n);
+        for (int64_t c = C * u / units; c < C * (u + 1) / units; c++) {
+            std::fill(acc.begin(), acc.end(), 0.0f);
+            for (int64_t y = 0; y < H; y++) {
+                const float* row = src + c * istride + ((y0 + y) * pitch + x0) * n;
+                if (n == 1) {
+                    float lanes[16] = {0};  // 16 partial sums: vectorises without reassociating
+                    int64_t x = 0;
+                    for (; x + 16 <= W; x += 16)
+                        for (int l = 0; l < 16; l++) lanes[l] += row[x + l];
+                    for (; x < W; x++) lanes[0] += row[x];
+                    for (int l = 0; l < 16; l++) acc[0] += lanes[l];
+                } else {
+                    for (int64_t x = 0; x < W; x++)
+                        for (int64_t i = 0; i < n; i++) acc[i] += row[x * n + i];
+                }
+            }
+            for (int64_t i = 0; i < n; i++) dst[i * C + c] = acc[i] * scale;
+        }
+    });
+}
+
+// copy an NCHW batch (contiguous) into the layout: image i's pixel (y, x) of channel c goes to plane c at
+// row y0 + y, column x0 + x, lane i; the border is left as it is (zero)
+void to_layout(int64_t in, int64_t n, int64_t C, int64_t H, int64_t W, int64_t out, int64_t ostride, int64_t pitch,
+               int64_t y0, int64_t x0) {
+    const float* src = ptr<const float*>(in);
+    float* dst = ptr<float*>(out);
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t y = 0; y < H; y++) {
+            float* d = dst + c * ostride + ((y0 + y) * pitch + x0) * n;
+            if (n == 1) {
+                std::copy(src + (c * H + y) * W, src + (c * H + y + 1) * W, d);
+                continue;
+            }
+            for (int64_t i = 0; i < n; i++) {
+                const float* q = src + ((i * C + c) * H + y) * W;
+                for (int64_t x = 0; x < W; x++) d[x * n + i] = q[x];
+            }
+        }
+}
+
+// a fully connected layer on n rows: out[i, k] = bias[k] + sum_c x[i, c] * w[k, c] (x: n x C, w: K x C, row-major)
+void linear(int64_t x, int64_t w, int64_t bias, int64_t out, int64_t n, int64_t C, int64_t K) {
+    const float* xp = ptr<const float*>(x);
+    const float* wp = ptr<const float*>(w);
+    const float* bp = ptr<const float*>(bias);
+    float* op = ptr<float*>(out);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t k = 0; k < K; k++) {
+            const float* a = xp + i * C;
+            const float* b = wp + k * C;
+            float lanes[16] = {0};
+            int64_t c = 0;
+            for (; c + 16 <= C; c += 16)
+                for (int l = 0; l < 16; l++) lanes[l] += a[c + l] * b[c + l];
+            float sum = bp ? bp[k] : 0.0f;
+            for (; c < C; c++) sum += a[c] * b[c];
+            for (int l = 0; l < 16; l++) sum += lanes[l];
+            op[i * K + k] = sum;
+        }
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "sparse direct convolution kernels for prunebench";
     // the GIL is released while a kernel runs, so Python threads can drive engines on separate batches at once
@@ -518,4 +597,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("conv_rows", &conv_rows, release(), "sparse direct convolution with nonzeros grouped by kernel row");
     m.def("conv_channels", &conv_channels, release(), "convolution with 16 output channels per vector (small images)");
     m.def("phases", &phases, release(), "split planes into stride x stride phase planes (space-to-depth)");
+    m.def("plane_mean", &plane_mean, release(), "global average pool from the layout into an (n, C) buffer");
+    m.def("to_layout", &to_layout, release(), "copy an NCHW batch into the layout's image pixels");
+    m.def("linear", &linear, release(), "fully connected layer: out = x w^T + bias, row-major");
 }
