@@ -52,8 +52,8 @@ from prune.errors import PruneBenchError
 SOURCE = Path(__file__).with_name("sparse_conv.cpp")
 VEC = 16  # floats per vector register (AVX-512); also the layout's alignment unit
 # (R, V) pairs compiled into the extension: R output channels share a pattern, V vectors per tile
-KERNELS = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 8), (1, 12), (1, 16), (4, 1), (4, 2), (4, 4), (4, 6),
-           (6, 4), (8, 1), (8, 2), (8, 3), (12, 2))
+KERNELS = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 8), (1, 12), (1, 16), (2, 1), (2, 2), (3, 1), (4, 1),
+           (4, 2), (4, 4), (4, 6), (6, 4), (8, 1), (8, 2), (8, 3), (12, 2))
 CFLAGS = ["-O3", "-march=native", "-std=c++17", "-pthread"]  # no -ffast-math: it splits FMAs apart
 
 
@@ -103,6 +103,31 @@ def kernel_module():
         raise PruneBenchError(
             f"cannot build the sparse convolution kernel ({first[:160]}): it needs g++ and ninja (pip install ninja)"
         ) from None
+
+
+def vector_registers() -> int:
+    """How many 16-float vectors the compiled kernel can keep in registers: 32 with AVX-512, 8 without."""
+    return int(getattr(kernel_module(), "vector_registers", 32))
+
+
+def fits_registers(kind: str, R: int, V: int, regs: int | None = None) -> bool:
+    """Whether a tile of R channels x V vectors keeps its live values in registers (see ``kVRegs`` in the C++).
+
+    A tile that does not spills its accumulators at every multiply-add: on an AVX2
+    machine (8 such vectors) the AVX-512-sized tiles ran 3-10x slower than torch.
+    Live values: the accumulators (times the C++'s U independent sets for small
+    tiles), one input vector and one broadcast weight; the rows kernel keeps the
+    V + 2 input vectors of a kernel row live as well.
+    """
+    regs = vector_registers() if regs is None else regs
+    if kind == "rows":
+        return V + (V + 2) + 1 <= regs
+    rv = R * V
+    if regs >= 32:
+        u = 1 if rv >= 8 else (2 if rv >= 4 else 4)
+    else:
+        u = 1 if rv >= 4 else (2 if rv >= 2 else 4)
+    return u * rv + 2 <= regs
 
 
 def unavailable() -> str | None:
@@ -566,10 +591,13 @@ def candidate_variants(geom: ConvGeometry, density: float, threads: int = 1, eve
         blocks = [0] if threads == 1 else [per_thread]
         if vectors > 128 and (threads == 1 or per_thread > 4096):
             blocks.append(2048)
-    fitting = [v for r, v in KERNELS if r == 1 and v <= vectors]
+    regs = vector_registers()
+    fitting = [v for r, v in KERNELS if r == 1 and v <= vectors and fits_registers("sparse", 1, v, regs)]
 
-    def widest(r: int, most: int) -> int:  # the widest compiled tile for R = r of at most ``most`` vectors
-        return max(v for rr, v in KERNELS if rr == r and v <= max(1, most))
+    def widest(r: int, most: int) -> int:  # the widest compiled tile for R = r of at most ``most`` vectors that fits
+        return max(v for rr, v in KERNELS if rr == r and v <= max(1, most) and (v == 1 or fits_registers("dense", r, v, regs)))
+
+    wide = regs >= 32  # AVX-512: the tile sizes these kernels were tuned with; else the smaller ones that fit
 
     out = []
     if density > 0:
@@ -578,14 +606,15 @@ def candidate_variants(geom: ConvGeometry, density: float, threads: int = 1, eve
         if batched:  # position tiles outermost, with input chunks small enough that a tile's inputs stay in L1
             tile_chunks = [0] + [c for c in (16, 32) if c < cin]
             kinds = ("sparse", "rows") if rows_fit(geom) else ("sparse",)
-            out += [Variant(k, 1, v, blocks[-1], c, True) for k in kinds for v in ((4, 8) if k == "sparse" else (4, 6)) if v <= vectors
+            tile_v = {"sparse": (4, 8) if wide else (3, 6), "rows": (4, 6) if wide else (2,)}
+            out += [Variant(k, 1, v, blocks[-1], c, True) for k in kinds for v in tile_v[k] if v <= vectors
                     for c in tile_chunks]
         if density > 0.1:
             out += [Variant("grouped", 4, widest(4, vectors), blocks[-1], c) for c in chunks[:2]]
     else:
         out.append(Variant("sparse", 1, 1, blocks[-1]))  # every weight zero: bias (+ residual, ReLU) only
     if density > 0.25 or everything:
-        for r in (8, 4):
+        for r in (8, 4) if wide else (4, 2):
             out += [Variant("dense", r, widest(r, vectors), b, c) for c in chunks[::2] for b in blocks]
         w = geom.out.W
         if geom.out.N == 1 and (w in (4, 8) or w % 16 == 0):  # lanes over channels waste none on borders

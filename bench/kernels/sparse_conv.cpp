@@ -131,11 +131,56 @@ static Pool& pool() {
     return *p;
 }
 
-typedef float vf __attribute__((vector_size(64), aligned(4)));  // 16 floats, unaligned access allowed
+
+// How many vf values fit in registers: 32 zmm with AVX-512; without it, each vf is two halves in the 16 ymm
+// (or xmm) registers, so 8. Tiles that keep more accumulators live than this spill to the stack at every
+// step: on an AVX2 machine the AVX-512-sized tiles ran 3-10x slower than torch's conv. Python reads this
+// (vector_registers) to offer only tiles that fit.
+#if defined(__AVX512F__)
+constexpr int kVRegs = 32;
+#else
+constexpr int kVRegs = 8;
+#endif
+
+// vf: 16 floats, the layout's vector. With AVX-512 one zmm register. Without it, two halves of 8: GCC keeps
+// a 64-byte vector type in memory when the target has no 64-byte registers (every multiply-add then loads
+// and stores its accumulator through the stack: the kernels ran 10-20x slower on an AVX2 machine), while a
+// pair of 32-byte vectors lives in two ymm registers.
+#if defined(__AVX512F__)
+typedef float vf __attribute__((vector_size(64), aligned(4)));  // unaligned access allowed
 
 static inline vf ld(const float* p) { return *(const vf*)p; }
 static inline void st(float* p, vf v) { *(vf*)p = v; }
 static inline vf bc(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+static inline vf relu0(vf y) { return y > 0 ? y : 0; }
+#else
+typedef float vh __attribute__((vector_size(32), aligned(4)));
+struct vf {
+    vh a, b;
+};
+static inline vf operator+(vf x, vf y) { return {x.a + y.a, x.b + y.b}; }
+static inline vf operator*(vf x, vf y) { return {x.a * y.a, x.b * y.b}; }
+static inline vf& operator+=(vf& x, vf y) {
+    x.a += y.a;
+    x.b += y.b;
+    return x;
+}
+static inline vf& operator*=(vf& x, vf y) {
+    x.a *= y.a;
+    x.b *= y.b;
+    return x;
+}
+static inline vf ld(const float* p) { return {*(const vh*)p, *(const vh*)(p + 8)}; }
+static inline void st(float* p, vf v) {
+    *(vh*)p = v.a;
+    *(vh*)(p + 8) = v.b;
+}
+static inline vf bc(float x) {
+    const vh h = {x, x, x, x, x, x, x, x};
+    return {h, h};
+}
+static inline vf relu0(vf y) { return {y.a > 0 ? y.a : 0, y.b > 0 ? y.b : 0}; }
+#endif
 
 // U independent accumulator sets hide the FMA latency when R * V is small (a 4x4 image is 1-2 vectors)
 // first: start from the bias (else from the partial sums in out); last: apply the epilogue (else store partials)
@@ -143,7 +188,8 @@ template <int R, int V>
 static inline void tile(const float* in, float* const* outp, int64_t t, const int32_t* src, const float* val,
                         int64_t kb, int64_t ke, const float* bias, const float* const* resp, const float* mask,
                         bool relu, int nr, bool first, bool last) {
-    constexpr int U = R * V >= 8 ? 1 : (R * V >= 4 ? 2 : 4);
+    // AVX-512: up to 8 accumulators; else 4, leaving room for the V inputs and the broadcast weight
+    constexpr int U = kVRegs >= 32 ? (R * V >= 8 ? 1 : (R * V >= 4 ? 2 : 4)) : (R * V >= 4 ? 1 : (R * V >= 2 ? 2 : 4));
     vf acc[U][R][V];
     for (int u = 0; u < U; u++)
         for (int r = 0; r < R; r++) {
@@ -181,7 +227,7 @@ static inline void tile(const float* in, float* const* outp, int64_t t, const in
         for (int v = 0; v < V; v++) {
             vf y = acc[0][r][v];
             if (resp) y += ld(resp[r] + t + 16 * v);
-            if (relu) y = y > 0 ? y : 0;
+            if (relu) y = relu0(y);
             y *= ld(mask + t + 16 * v);
             st(outp[r] + t + 16 * v, y);
         }
@@ -333,7 +379,7 @@ static inline void row_tile(const float* in, float* outp, int64_t t, const int32
         vf y = acc[v];
         if (last) {
             if (resp) y += ld(resp + t + 16 * v);
-            if (relu) y = y > 0 ? y : 0;
+            if (relu) y = relu0(y);
             y *= ld(mask + t + 16 * v);
         }
         st(outp + t + 16 * v, y);
@@ -412,8 +458,8 @@ void conv(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, 
                            nchunks, ptr<const int32_t*>(src), ptr<const float*>(val), ptr<const float*>(bias),     \
                            ptr<const float*>(res), rstride, ptr<const float*>(mask), relu, tile_major, nthreads);
     PB_CALL(1, 1) PB_CALL(1, 2) PB_CALL(1, 3) PB_CALL(1, 4) PB_CALL(1, 5) PB_CALL(1, 6) PB_CALL(1, 8) PB_CALL(1, 12)
-    PB_CALL(1, 16) PB_CALL(4, 1) PB_CALL(4, 2) PB_CALL(4, 4) PB_CALL(4, 6) PB_CALL(6, 4) PB_CALL(8, 1) PB_CALL(8, 2)
-    PB_CALL(8, 3) PB_CALL(12, 2)
+    PB_CALL(1, 16) PB_CALL(2, 1) PB_CALL(2, 2) PB_CALL(3, 1) PB_CALL(4, 1) PB_CALL(4, 2) PB_CALL(4, 4) PB_CALL(4, 6)
+    PB_CALL(6, 4) PB_CALL(8, 1) PB_CALL(8, 2) PB_CALL(8, 3) PB_CALL(12, 2)
 #undef PB_CALL
     throw std::invalid_argument("sparse_conv: no kernel for this (R, V)");
 }
@@ -445,7 +491,7 @@ static inline void ctile(const float* in, float* out, int64_t ostride, int64_t t
                          const float* val, int64_t kb, int64_t ke, const float* bias, const float* res,
                          int64_t rstride, const float* mask, bool relu, int nr) {
     vf acc[ROWS][W];
-    const vf b = *(const vf*)bias;  // bias of these 16 channels (padded)
+    const vf b = ld(bias);  // bias of these 16 channels (padded)
     for (int y = 0; y < ROWS; y++)
         for (int x = 0; x < W; x++) acc[y][x] = b;
     for (int64_t k = kb; k < ke; k++) {
@@ -457,7 +503,7 @@ static inline void ctile(const float* in, float* out, int64_t ostride, int64_t t
     for (int y = 0; y < ROWS; y++)
         for (int x = 0; x < W; x++) {
             float v16[16];
-            *(vf*)v16 = acc[y][x];
+            st(v16, acc[y][x]);
             const int64_t q = t + y * pitch + x;
             for (int r = 0; r < nr; r++) {
                 float v = v16[r];
@@ -473,8 +519,9 @@ template <int W>
 static void crows(const float* in, float* out, int64_t ostride, int64_t t0, int64_t nrows, int64_t pitch,
                   const int32_t* src, const float* val, int64_t kb, int64_t ke, const float* bias, const float* res,
                   int64_t rstride, const float* mask, bool relu, int nr) {
-    constexpr int ROWS = W >= 16 ? 1 : 16 / W;
-    constexpr int XS = W >= 16 ? 16 : W;  // positions per row in one tile
+    constexpr int P = kVRegs >= 32 ? 16 : 4;  // positions (accumulators) per tile: as many as fit in registers
+    constexpr int ROWS = W >= P ? 1 : P / W;
+    constexpr int XS = W >= P ? P : W;  // positions per row in one tile
     for (int64_t y = 0; y < nrows; y += ROWS) {
         for (int64_t x = 0; x < W; x += XS) {
             const int64_t t = t0 + y * pitch + x;
@@ -596,6 +643,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("conv", &conv, release(), "sparse direct convolution over a flat zero-bordered layout (pointers as integers)");
     m.def("conv_rows", &conv_rows, release(), "sparse direct convolution with nonzeros grouped by kernel row");
     m.def("conv_channels", &conv_channels, release(), "convolution with 16 output channels per vector (small images)");
+    m.attr("vector_registers") = kVRegs;
     m.def("phases", &phases, release(), "split planes into stride x stride phase planes (space-to-depth)");
     m.def("plane_mean", &plane_mean, release(), "global average pool from the layout into an (n, C) buffer");
     m.def("to_layout", &to_layout, release(), "copy an NCHW batch into the layout's image pixels");
