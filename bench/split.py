@@ -22,17 +22,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import fx
+import torch.nn.functional as F
+from torch import fx, nn
 
 from prune.errors import PruneBenchError
+
+_PASS_MODULES = (nn.ReLU, nn.Identity, nn.Dropout)
+_PASS_FUNCS = (F.relu, torch.relu, torch.relu_)
+
+
+def _passes_through(node: fx.Node, modules: dict) -> bool:
+    """Whether ``node`` is a ReLU or an identity: what a conv's epilogue absorbs, or nothing at all."""
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _PASS_MODULES)
+    if node.op == "call_function":
+        return node.target in _PASS_FUNCS
+    return node.op == "call_method" and node.target in ("relu", "relu_")
 
 
 def cut_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     """The nodes of ``gm`` after which their own value is the only one still needed, in graph order.
 
     The input (placeholder) and the output node are not cuts; constants (``get_attr``)
-    may stay alive across a cut, since each half holds its own copy.
+    may stay alive across a cut, since each half holds its own copy. Where a cut feeds only
+    a ReLU or an identity right after it (conv -> ReLU -> Identity, add -> ReLU), only the
+    last of the run counts: cutting inside it would split a conv from the epilogue it fuses.
     """
+    modules = dict(gm.named_modules())
     nodes = list(gm.graph.nodes)
     index = {n: i for i, n in enumerate(nodes)}
     last_use = {n: max((index[u] for u in n.users), default=index[n]) for n in nodes}
@@ -42,6 +58,10 @@ def cut_nodes(gm: fx.GraphModule) -> list[fx.Node]:
             continue
         live = [m for m in nodes[: i + 1] if last_use[m] > i and m.op != "get_attr"]
         if live == [node]:
+            prev = cuts[-1] if cuts else None
+            if prev is not None and list(prev.users) == [node] and nodes[index[prev] + 1] is node \
+                    and _passes_through(node, modules):
+                cuts.pop()  # the previous cut only feeds this ReLU or identity
             cuts.append(node)
     return cuts
 
@@ -80,7 +100,7 @@ def cut_values(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, torch.Ten
                 values[n.name] = out.detach().clone()
             return out
 
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: the values feed ShapeProp, whose in-place ReLUs refuse those
         Recorder(gm).run(example)
     return values
 

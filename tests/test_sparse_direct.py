@@ -205,7 +205,7 @@ def test_variants_are_timed_round_robin_and_slow_ones_dropped():
     # one call of each variant per round: a slow spell of the machine then falls on all variants alike
     import time
 
-    from bench.kernels.engine import _time_ops
+    from bench.kernels.engine import time_ops
 
     calls = []
 
@@ -216,7 +216,7 @@ def test_variants_are_timed_round_robin_and_slow_ones_dropped():
 
         return run
 
-    times = _time_ops({"fast": op("fast", 0.001), "slow": op("slow", 0.02), "near": op("near", 0.0015)}, rounds=4)
+    times = time_ops({"fast": op("fast", 0.001), "slow": op("slow", 0.02), "near": op("near", 0.0015)}, rounds=4)
     assert calls[:3] == ["fast", "slow", "near"]  # the warm-up call of each
     assert calls[3:9] == ["fast", "slow", "near"] * 2  # two full rounds, interleaved
     assert calls[9:] == ["fast", "near"] * 2  # then "slow" (over 3x the best) is no longer timed

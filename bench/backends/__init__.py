@@ -56,6 +56,7 @@ BACKENDS: dict[str, str] = {
     "torch-sparse": "bench.backends.torch_sparse:BACKEND",
     "onnxruntime": "bench.backends.onnxruntime:BACKEND",
     "sparse-direct": "bench.backends.sparse_direct:BACKEND",
+    "sparse-direct-kernels": "bench.backends.sparse_direct:KERNELS_ONLY",
     "torch-dense-folded": "bench.backends.torch_folded:BACKEND",
     "torch-compile": "bench.backends.torch_compile:BACKEND",
     "torch-dense-channels-last": "bench.backends.cuda_dense:CHANNELS_LAST",

@@ -1,11 +1,35 @@
-"""Our sparse direct convolution on the CPU: BN folded, epilogues fused, sparse or dense chosen per layer by timing."""
+"""Our sparse direct convolution on the CPU: BN folded, epilogues fused, sparse or dense chosen per layer by timing.
+
+Two registry entries:
+
+- ``sparse-direct-kernels``: the whole model in our kernels (``bench.kernels.engine``),
+  each conv's variant chosen by timing; where sparsity does not pay, our own dense kernels.
+- ``sparse-direct``: the same, but a dense *prefix* of the model may run in ONNX Runtime
+  instead. Global magnitude pruning leaves the early, MAC-heavy layers the least sparse,
+  and there ONNX Runtime's dense kernels (MLAS) beat ours, most on CPUs without AVX-512.
+  The model is cut where one tensor carries everything forward (``bench.split``: the
+  stem's output, each residual block's output), the prefix is extracted from the
+  verified ONNX export and the rest runs in our engine. Every cut, the whole model in our
+  kernels and the whole model in ONNX Runtime are timed against each other, round-robin,
+  on this machine at this batch size, and the fastest plan is kept: so the backend is
+  never slower than ONNX Runtime dense by more than the noise of that timing.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
 import torch
 from torch import nn
 
 from bench.backends import Backend, Prepared
+
+PLAN_ROUNDS = 4  # timed calls of each plan (round-robin; the fastest counts)
+PLAN_GIVE_UP = 1.25  # after two rounds, plans slower than this times the best stop being timed
+OWN = "sparse-direct-kernels"  # plan name: the whole model in our kernels
+ORT = "onnxruntime"  # plan name: the whole model in ONNX Runtime
 
 
 def _unavailable(device: str) -> str | None:
@@ -14,6 +38,28 @@ def _unavailable(device: str) -> str | None:
     from bench.kernels import unavailable
 
     return unavailable()
+
+
+def _hybrid_unavailable(device: str) -> str | None:
+    from bench.backends.onnxruntime import unavailable as ort_unavailable
+
+    return _unavailable(device) or ort_unavailable(device)
+
+
+def _engine_info(engine) -> dict:
+    kinds: dict[str, int] = {}
+    for choice in engine.choices().values():
+        kind = choice.split("(")[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return {
+        "layer_choices": engine.choices(),
+        "layer_kinds": kinds,
+        "weight_bytes": engine.weight_bytes,
+        "dense_weight_bytes": engine.dense_bytes,
+        "chunk": engine.chunk,
+        "threading": "one engine per thread, each on its own chunks" if hasattr(engine, "engines") else "threads split each layer",
+        "choice_cache_hits": engine.cache_hits,
+    }
 
 
 def _prepare(model: nn.Module, example: torch.Tensor, device: str, threads: int) -> Prepared:
@@ -26,28 +72,126 @@ def _prepare(model: nn.Module, example: torch.Tensor, device: str, threads: int)
         with torch.inference_mode():
             return engine.run(x)
 
-    kinds: dict[str, int] = {}
-    for choice in engine.choices().values():
-        kind = choice.split("(")[0]
-        kinds[kind] = kinds.get(kind, 0) + 1
+    return Prepared(run=run, inputs=inputs, info=_engine_info(engine))
+
+
+def _prefix_options(threads: int):
+    """The bench's ONNX Runtime options, with its threads told not to spin after a call: our engine's
+    threads take over the cores at once, and a spinning ORT thread would hold one of them."""
+    from bench.backends.onnxruntime import session_options
+
+    options = session_options(threads)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+@dataclasses.dataclass
+class Plan:
+    """One way of splitting the model between ONNX Runtime (a prefix) and our engine (the rest)."""
+
+    name: str  # OWN, ORT, or "onnxruntime->NODE" (the fx node the prefix ends at)
+    run: Callable[[torch.Tensor], torch.Tensor]  # NCHW fp32 batch -> logits
+    onnx_layers: list[str]  # convs that run in ONNX Runtime
+    engine: Any = None  # our engine for the rest (None: the whole model in ONNX Runtime)
+
+
+def build_plans(model: nn.Module, example: torch.Tensor, threads: int) -> tuple[dict[str, Plan], dict]:
+    """Every plan for ``model`` at ``example``'s batch: our engine alone, ONNX Runtime alone, and one per cut
+    (``bench.split``) with convs after it, and the facts of the ONNX export they share."""
+    import onnxruntime as ort
+
+    from bench.backends.convmm import inference_copy
+    from bench.backends.onnxruntime import exported, providers, session_options
+    from bench.fold import fold_batchnorm
+    from bench.kernels import rest_threads
+    from bench.kernels.engine import compile_model
+    from bench.split import cut_values, match_onnx_cuts, onnx_prefix, suffix_module
+
+    model = inference_copy(model).cpu().float()
+    example = example.detach().cpu().float().contiguous()
+    own = compile_model(model, example, threads)
+    path, facts = exported(model, tuple(example.shape[1:]))
+    gm = fold_batchnorm(model)
+    cuts = match_onnx_cuts(path, gm, example[: min(2, example.shape[0])])
+    values = cut_values(gm, example)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    convs = list(own.choices())
+
+    whole = ort.InferenceSession(str(path), session_options(threads), providers=providers("cpu"))
+
+    def run_ort(x: torch.Tensor, i=whole.get_inputs()[0].name) -> torch.Tensor:
+        return torch.from_numpy(whole.run(None, {i: x.numpy()})[0])
+
+    plans = {OWN: Plan(OWN, own.run, [], own), ORT: Plan(ORT, run_ort, convs)}
+    for cut in cuts:
+        engine = compile_model(suffix_module(gm, nodes[cut.node]), values[cut.node], threads, choices=own.choices())
+        if not engine.layers:  # no conv after the cut: the same as the whole-ORT plan
+            continue
+        session = ort.InferenceSession(onnx_prefix(path, cut.tensor), _prefix_options(threads), providers=providers("cpu"))
+
+        def run(x: torch.Tensor, s=session, i=session.get_inputs()[0].name, e=engine) -> torch.Tensor:
+            y = e.run(torch.from_numpy(s.run(None, {i: x.numpy()})[0]))
+            rest_threads()  # ONNX Runtime's threads take the cores next: ours must not spin meanwhile
+            return y
+
+        name = f"{ORT}->{cut.node}"
+        plans[name] = Plan(name, run, [c for c in convs if c not in set(engine.choices())], engine)
+    facts = {**facts, "cuts_tried": [c.node for c in cuts]}
+    return plans, facts
+
+
+def plan_hybrid(model: nn.Module, example: torch.Tensor, threads: int, rounds: int = PLAN_ROUNDS) -> tuple[Plan, dict]:
+    """Build every plan, time them round-robin on ``example`` and return the fastest with the facts of the choice."""
+    from bench.kernels.engine import time_ops
+
+    plans, facts = build_plans(model, example, threads)
+    example = example.detach().cpu().float().contiguous()
+    with torch.inference_mode():
+        # one untimed call before each timed one: the previous plan's threads must not be what is timed
+        ops = {name: (lambda f=p.run: f(example)) for name, p in plans.items()}
+        times = time_ops(ops, rounds, PLAN_GIVE_UP, settle=1)
+    best = plans[min(times, key=times.get)]
     info = {
-        "layer_choices": engine.choices(),
-        "layer_kinds": kinds,
-        "weight_bytes": engine.weight_bytes,
-        "dense_weight_bytes": engine.dense_bytes,
-        "chunk": engine.chunk,
-        "threading": "one engine per thread, each on its own chunks" if hasattr(engine, "engines") else "threads split each layer",
-        "choice_cache_hits": engine.cache_hits,
+        **facts,
+        "plan": best.name,
+        "plan_times_ms": {k: round(v, 4) for k, v in sorted(times.items(), key=lambda kv: kv[1])},
+        "onnxruntime_layers": best.onnx_layers,
     }
-    return Prepared(run=run, inputs=inputs, info=info)
+    if best.engine is not None:
+        info.update(_engine_info(best.engine))
+    return best, info
+
+
+def _prepare_hybrid(model: nn.Module, example: torch.Tensor, device: str, threads: int) -> Prepared:
+    plan, info = plan_hybrid(model, example, threads)
+    inputs = example.detach().cpu().float().contiguous()
+
+    def run(x, f=plan.run):
+        with torch.inference_mode():
+            return f(x)
+
+    return Prepared(run=run, inputs=inputs, info=info, to_torch=lambda y: torch.as_tensor(np.asarray(y)).float())
 
 
 BACKEND = Backend(
     name="sparse-direct",
     devices=("cpu",),
+    prepare=_prepare_hybrid,
+    unavailable=_hybrid_unavailable,
+    atol=1e-4,
+    rtol=1e-4,
+    description="own C++ sparse direct convolution, sparse or dense per layer by timing, with a dense prefix in "
+    "ONNX Runtime where that is faster (the plan is timed too)",
+)
+
+KERNELS_ONLY = Backend(
+    name=OWN,
+    devices=("cpu",),
     prepare=_prepare,
     unavailable=_unavailable,
     atol=1e-4,
     rtol=1e-4,
-    description="own C++ sparse direct convolution (BN folded, fused epilogues), sparse or dense per layer by timing",
+    description="own C++ sparse direct convolution (BN folded, fused epilogues), sparse or dense per layer by timing; "
+    "every layer in our kernels",
+    default=False,
 )

@@ -52,8 +52,8 @@ from prune.errors import PruneBenchError
 SOURCE = Path(__file__).with_name("sparse_conv.cpp")
 VEC = 16  # floats per vector register (AVX-512); also the layout's alignment unit
 # (R, V) pairs compiled into the extension: R output channels share a pattern, V vectors per tile
-KERNELS = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 8), (1, 12), (1, 16), (2, 1), (2, 2), (3, 1), (4, 1),
-           (4, 2), (4, 4), (4, 6), (6, 4), (8, 1), (8, 2), (8, 3), (12, 2))
+KERNELS = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 8), (1, 12), (1, 16), (2, 1), (2, 2), (3, 1), (3, 2),
+           (4, 1), (4, 2), (4, 4), (4, 6), (6, 1), (6, 4), (8, 1), (8, 2), (8, 3), (12, 2))
 CFLAGS = ["-O3", "-march=native", "-std=c++17", "-pthread"]  # no -ffast-math: it splits FMAs apart
 
 
@@ -128,6 +128,12 @@ def fits_registers(kind: str, R: int, V: int, regs: int | None = None) -> bool:
     else:
         u = 1 if rv >= 4 else (2 if rv >= 2 else 4)
     return u * rv + 2 <= regs
+
+
+def rest_threads() -> None:
+    """Let the kernel's idle threads sleep at once (no spinning) until its next call: for when another
+    engine's threads take the cores next."""
+    kernel_module().rest()
 
 
 def unavailable() -> str | None:
@@ -614,12 +620,14 @@ def candidate_variants(geom: ConvGeometry, density: float, threads: int = 1, eve
     else:
         out.append(Variant("sparse", 1, 1, blocks[-1]))  # every weight zero: bias (+ residual, ReLU) only
     if density > 0.25 or everything:
-        for r in (8, 4) if wide else (4, 2):
+        for r in (8, 4) if wide else (6, 4):
             out += [Variant("dense", r, widest(r, vectors), b, c) for c in chunks[::2] for b in blocks]
         w = geom.out.W
         if geom.out.N == 1 and (w in (4, 8) or w % 16 == 0):  # lanes over channels waste none on borders
             out.append(Variant("channels", 16, 1))
-        if batched or everything:  # one image: our dense kernel wins, and torch's threads spin under load
+        # one image with AVX-512: our dense kernel wins, and torch's threads spin under load; on AVX2 torch's
+        # (oneDNN) often beats our smaller tiles
+        if batched or everything or not wide:
             out.append(Variant("torch"))
     return out
 

@@ -260,7 +260,8 @@ class Engine:
         return {r.name: r.choice for r in self.layers}
 
 
-def _time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | None = 3.0) -> dict[str, float]:
+def time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | None = 3.0,
+             settle: int = 0) -> dict[str, float]:
     """The fastest call of each op in ms, timed round-robin: one call of each op per round, after a
     warm-up call each (the first call of an op can be many times slower).
 
@@ -268,7 +269,10 @@ def _time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | 
     timing one variant after another lets a slow spell fall on one of them alone (a dense
     layer once chose a sparse kernel 1.3x slower than its dense one that way, and the
     choice cache kept it). After two rounds, ops slower than ``give_up`` times the best so
-    far stop being timed (they will not be chosen), which keeps preparing quick.
+    far stop being timed (they will not be chosen), which keeps preparing quick. ``settle``
+    untimed calls precede each timed one: where the ops are whole engines whose threads
+    linger after a call (spinning, waking), the first call after a switch pays for the
+    previous op's threads, which a run of one op alone does not.
     """
     for op in ops.values():
         op()
@@ -276,6 +280,8 @@ def _time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | 
     alive = list(ops)
     for k in range(rounds):
         for name in alive:
+            for _ in range(settle):
+                ops[name]()
             t = time.perf_counter()
             ops[name]()
             best[name] = min(best[name], time.perf_counter() - t)
@@ -344,21 +350,24 @@ class ParallelEngine:
 
 
 def compile_model(model: nn.Module, example: torch.Tensor, threads: int,
-                  settings: EngineSettings | None = None, progress: Callable[[str], None] | None = None):
+                  settings: EngineSettings | None = None, progress: Callable[[str], None] | None = None,
+                  choices: dict[str, str] | None = None):
     """Lower ``model`` (eval mode, CPU, fp32) for batches shaped like ``example``: an ``Engine``, or a
     ``ParallelEngine`` of ``threads`` engines when the batch splits into at least that many chunks.
 
-    ``progress(name)`` is called as each conv is prepared (for a progress bar).
+    ``progress(name)`` is called as each conv is prepared (for a progress bar). ``choices``
+    (conv name -> variant, from an engine built alike, e.g. on the whole model when this is
+    a part of it) skips the timing of the convs it names.
     """
     settings = settings or EngineSettings()
     n = example.shape[0] if example.dim() == 4 else 0
     chunks = n // settings.chunk if settings.chunk and n > settings.chunk and n % settings.chunk == 0 else 1
     if settings.batch_parallel and threads > 1 and chunks >= threads:
-        first = _compile(model, example, 1, settings, progress)
+        first = _compile(model, example, 1, settings, progress, choices)
         rest = [_compile(model, example, 1, settings, None, first.choices()) for _ in range(threads - 1)]
         torch.set_num_threads(threads)
         return ParallelEngine([first] + rest)
-    return _compile(model, example, threads, settings, progress)
+    return _compile(model, example, threads, settings, progress, choices)
 
 
 def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: EngineSettings,
@@ -470,19 +479,19 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
             ]
         by_name = {str(v): v for v in variants}
         times: dict[str, float] = {}
-        cached = choices.get(p.name) if choices else cache.get(key)
+        cached = choices.get(p.name) if choices and p.name in choices else cache.get(key)
         if cached is not None and cached in by_name:
             chosen = by_name[cached]
             engine.cache_hits += 1
         else:
             # a profile times every variant fully; choosing gives up on clearly slower ones
             ops = {str(v): make(v) for v in variants}
-            times = _time_ops(ops, settings.timing_runs, None if settings.time_everything else 3.0)
+            times = time_ops(ops, settings.timing_runs, None if settings.time_everything else 3.0)
             ranked = sorted(times, key=times.get)
             if len(ranked) > 1 and not settings.time_everything:
                 # the two best again, alternately and longer: a disturbed run must not decide the layer
                 top = {name: ops[name] for name in ranked[:2]}
-                times.update(_time_ops(top, 2 * settings.timing_runs, None))
+                times.update(time_ops(top, 2 * settings.timing_runs, None))
                 ranked = sorted(times, key=times.get)
             del ops
             chosen = by_name[ranked[0]]

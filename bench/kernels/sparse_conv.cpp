@@ -51,6 +51,7 @@ class Pool {
         fn_ = [](void* ctx, int64_t u) { (*static_cast<Fn*>(ctx))(u); };
         ctx_ = const_cast<void*>(static_cast<const void*>(&f));
         done_.store(0, std::memory_order_relaxed);
+        resting_.store(false, std::memory_order_relaxed);
         gen_ = (gen_ + 1) & kGenMask;
         state_.store(pack(gen_, units, 0), std::memory_order_seq_cst);  // publishes fn_ and ctx_
         if (sleepers_.load(std::memory_order_seq_cst) > 0) {
@@ -63,6 +64,12 @@ class Pool {
             if ((spins & 63) || std::chrono::steady_clock::now() - start < kSpin) cpu_relax();
             else sched_yield();
         }
+    }
+
+    // idle workers sleep at once instead of spinning and yielding first: called when another engine (ONNX
+    // Runtime's threads) takes the cores next, until the next run
+    void rest() {
+        resting_.store(true, std::memory_order_relaxed);
     }
 
   private:
@@ -99,9 +106,10 @@ class Pool {
             auto current = [&] { return state_.load(std::memory_order_seq_cst) >> (2 * kBits); };
             for (int spins = 0; current() == seen; spins++) {
                 if ((spins & 63) == 0) waited = std::chrono::steady_clock::now() - start;
-                if (waited < kSpin) {
+                const bool resting = resting_.load(std::memory_order_relaxed);
+                if (waited < kSpin && !resting) {
                     cpu_relax();
-                } else if (waited < kYield) {
+                } else if (waited < kYield && !resting) {
                     sched_yield();
                 } else {
                     std::unique_lock<std::mutex> lock(mutex_);
@@ -119,6 +127,7 @@ class Pool {
     std::atomic<uint64_t> state_{0};
     std::atomic<int64_t> done_{0};
     std::atomic<int> sleepers_{0};
+    std::atomic<bool> resting_{false};
     uint64_t gen_ = 0;  // written by the calling thread only
     std::mutex mutex_, call_;
     std::condition_variable wake_;
@@ -458,8 +467,8 @@ void conv(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, 
                            nchunks, ptr<const int32_t*>(src), ptr<const float*>(val), ptr<const float*>(bias),     \
                            ptr<const float*>(res), rstride, ptr<const float*>(mask), relu, tile_major, nthreads);
     PB_CALL(1, 1) PB_CALL(1, 2) PB_CALL(1, 3) PB_CALL(1, 4) PB_CALL(1, 5) PB_CALL(1, 6) PB_CALL(1, 8) PB_CALL(1, 12)
-    PB_CALL(1, 16) PB_CALL(2, 1) PB_CALL(2, 2) PB_CALL(3, 1) PB_CALL(4, 1) PB_CALL(4, 2) PB_CALL(4, 4) PB_CALL(4, 6)
-    PB_CALL(6, 4) PB_CALL(8, 1) PB_CALL(8, 2) PB_CALL(8, 3) PB_CALL(12, 2)
+    PB_CALL(1, 16) PB_CALL(2, 1) PB_CALL(2, 2) PB_CALL(3, 1) PB_CALL(3, 2) PB_CALL(4, 1) PB_CALL(4, 2) PB_CALL(4, 4) PB_CALL(4, 6)
+    PB_CALL(6, 1) PB_CALL(6, 4) PB_CALL(8, 1) PB_CALL(8, 2) PB_CALL(8, 3) PB_CALL(12, 2)
 #undef PB_CALL
     throw std::invalid_argument("sparse_conv: no kernel for this (R, V)");
 }
@@ -644,6 +653,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("conv_rows", &conv_rows, release(), "sparse direct convolution with nonzeros grouped by kernel row");
     m.def("conv_channels", &conv_channels, release(), "convolution with 16 output channels per vector (small images)");
     m.attr("vector_registers") = kVRegs;
+    m.def("rest", [] { pool().rest(); }, "idle pool threads sleep at once until the next call (no spinning)");
     m.def("phases", &phases, release(), "split planes into stride x stride phase planes (space-to-depth)");
     m.def("plane_mean", &plane_mean, release(), "global average pool from the layout into an (n, C) buffer");
     m.def("to_layout", &to_layout, release(), "copy an NCHW batch into the layout's image pixels");
