@@ -169,7 +169,7 @@ def test_choices_are_cached_on_disk(tmp_path):
 
 def test_backend_prepare_reports_choices_and_bytes(monkeypatch, tmp_path):
     monkeypatch.setenv("PRUNEBENCH_CACHE", str(tmp_path))
-    backend = get_backend("sparse-direct")
+    backend = get_backend("sparse-direct-kernels")
     assert backend.unavailable("cpu") is None
     assert backend.unavailable("cuda")
     model = tiny_model(seed=4)
