@@ -323,3 +323,27 @@ def test_layout_copy_matches_the_strided_view(n, c, h, w, border, seed):
     act.interior(slow).copy_(x)  # torch's strided copy
     assert torch.equal(fast, slow)
     assert torch.equal(to_act(x.transpose(2, 3).contiguous().transpose(2, 3), act), slow)  # non-contiguous input
+
+
+def test_register_budget_of_the_tiles():
+    # AVX-512 (32 vectors): every compiled tile fits; AVX2 (8): only small ones, as the C++'s kVRegs says
+    assert all(K.fits_registers("dense", r, v, 32) for r, v in KERNELS)
+    assert all(K.fits_registers("rows", 1, v, 32) for v in ROWS_V if v <= 12)
+    fits8 = {(r, v) for r, v in KERNELS if K.fits_registers("dense", r, v, 8)}
+    assert {(1, 1), (1, 6), (2, 2), (3, 2), (4, 1), (6, 1)} <= fits8
+    assert not fits8 & {(1, 8), (4, 2), (8, 1), (4, 6), (12, 2)}
+    assert [v for v in ROWS_V if K.fits_registers("rows", 1, v, 8)] == [2]
+    assert K.vector_registers() in (8, 32)
+
+
+@pytest.mark.parametrize("regs", [8, 32])
+@pytest.mark.parametrize("n, hw", [(1, 32), (1, 4), (16, 32), (16, 8)])
+@pytest.mark.parametrize("density", [0.05, 0.5, 1.0])
+def test_only_tiles_that_fit_are_offered(monkeypatch, regs, n, hw, density):
+    monkeypatch.setattr(K, "vector_registers", lambda: regs)
+    geom = ConvGeometry.make(Act(64, hw, hw, n, 1), 64, (3, 3), 1, 1, 1)
+    variants = K.candidate_variants(geom, density, threads=2, everything=True)
+    assert any(v.kind in ("dense", "torch") for v in variants)
+    for v in variants:
+        if v.kind in ("sparse", "grouped", "dense", "rows"):
+            assert v.V == 1 or K.fits_registers(v.kind, v.R, v.V, regs), str(v)

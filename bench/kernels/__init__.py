@@ -29,7 +29,9 @@ position.
 The kernel (``sparse_conv.cpp``) is built once per machine with
 ``torch.utils.cpp_extension.load_inline`` (-O3 -march=native) into torch's
 extension cache and reused from there; it runs on its own small thread pool and
-takes the thread count on every call. Approach after Elsen et al. 2020, "Fast
+takes the thread count on every call. A vector is 16 floats: one zmm register with
+AVX-512, two ymm halves without it (AVX2), where only half as many fit in registers;
+the tiles offered per layer follow that (``fits_registers``). Approach after Elsen et al. 2020, "Fast
 Sparse ConvNets" (per-output-channel nonzeros, output tile in registers, inner
 loop over spatial positions), carried to 3x3 and strided convolutions by the
 flat shifted layout.
@@ -50,7 +52,7 @@ import torch.nn.functional as F
 from prune.errors import PruneBenchError
 
 SOURCE = Path(__file__).with_name("sparse_conv.cpp")
-VEC = 16  # floats per vector register (AVX-512); also the layout's alignment unit
+VEC = 16  # floats per vector (one AVX-512 register, two AVX2 ones); also the layout's alignment unit
 # (R, V) pairs compiled into the extension: R output channels share a pattern, V vectors per tile
 KERNELS = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 8), (1, 12), (1, 16), (2, 1), (2, 2), (3, 1), (3, 2),
            (4, 1), (4, 2), (4, 4), (4, 6), (6, 1), (6, 4), (8, 1), (8, 2), (8, 3), (12, 2))
