@@ -6,6 +6,7 @@ Markdown table and, with ``-o``, written with a PNG plot.
 
     python -m bench.layers model.pt --batch-size 1 -o results/
     python -m bench.layers synthetic:0.9 --batch-size 64 --threads 2
+    python -m bench.layers synthetic:0.5 --batch-size 1 --plans     # and which prefix runs in ONNX Runtime
 
 ``model`` is a checkpoint (anything ``bench.models`` loads) or ``synthetic:S``, the
 bench suite's own seeded ResNet-18 pruned to sparsity S (no file needed).
@@ -25,6 +26,8 @@ from exporters import run_cli
 from prune.cli import add_settings, settings_from
 from prune.errors import PruneBenchError
 
+OWN_PLAN = "sparse-direct-kernels"  # bench.backends.sparse_direct.OWN, without importing the backend here
+
 
 @dataclasses.dataclass
 class ProfileSettings:
@@ -33,6 +36,10 @@ class ProfileSettings:
     batch_size: int = dataclasses.field(default=1, metadata={"help": "images per call"})
     threads: int = dataclasses.field(default=0, metadata={"help": "CPU threads; 0: the physical cores"})
     timing_runs: int = dataclasses.field(default=5, metadata={"help": "timed calls per variant (the fastest counts)"})
+    plans: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "also time the backend's whole-model plans (which prefix runs in ONNX Runtime) and mark them"},
+    )
 
 
 @dataclasses.dataclass
@@ -44,6 +51,7 @@ class Profile:
     threads: int  # threads each layer ran on (several engines, one thread each, for big batches)
     chunk: int  # images per pass (the engine splits larger batches)
     layers: list  # bench.kernels.engine.LayerRecord
+    plan: dict | None = None  # the sparse-direct backend's plan choice (bench.backends.sparse_direct.plan_hybrid)
 
     @property
     def mac_sparsity(self) -> float:
@@ -84,7 +92,12 @@ def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progr
         engine = compile_model(model, example, threads, engine_settings, progress=lambda name: bar.update(1))
     # a ParallelEngine runs one single-threaded engine per thread: its layers were timed on one thread
     per_layer_threads = 1 if hasattr(engine, "engines") else threads
-    return Profile(label, settings.batch_size, per_layer_threads, engine.chunk, engine.layers)
+    plan = None
+    if settings.plans:
+        from bench.backends.sparse_direct import plan_hybrid
+
+        _, plan = plan_hybrid(model, example, threads)
+    return Profile(label, settings.batch_size, per_layer_threads, engine.chunk, engine.layers, plan)
 
 
 def format_table(p: Profile) -> str:
@@ -97,13 +110,15 @@ def format_table(p: Profile) -> str:
         "| layer | in -> out (C x H x W) | kernel | MACs/image | sparsity | dense ms | sparse ms | chosen | speedup |",
         "|---|---|---|---:|---:|---:|---:|---|---:|",
     ]
+    in_ort = set(p.plan["onnxruntime_layers"]) if p.plan else set()
     for r in p.layers:
         _, ci, hi, wi = r.in_shape
         _, co, ho, wo = r.out_shape
         chosen = r.times_ms[r.choice]
+        label = f"{r.choice}; runs in ONNX Runtime" if r.name in in_ort else r.choice
         lines.append(
             f"| {r.name} | {ci}x{hi}x{wi} -> {co}x{ho}x{wo} | {r.kernel[0]}x{r.kernel[1]}/{r.stride} | {r.macs:,} | "
-            f"{r.sparsity:.1%} | {r.dense_ms:.3f} | {r.sparse_ms:.3f} | {r.choice} | {r.dense_ms / chosen:.2f}x |"
+            f"{r.sparsity:.1%} | {r.dense_ms:.3f} | {r.sparse_ms:.3f} | {label} | {r.dense_ms / chosen:.2f}x |"
         )
     dense, sparse, chosen = p.totals()
     weight = sum(r.weight_bytes for r in p.layers)
@@ -120,6 +135,14 @@ def format_table(p: Profile) -> str:
         "16 channels, and torch's conv2d on the same layout); sparse = the fastest variant skipping zero weights; "
         "speedup = dense / chosen.",
     ]
+    if p.plan:
+        times = ", ".join(f"{name} {ms:.3f}" for name, ms in p.plan["plan_times_ms"].items())
+        lines += [
+            "",
+            f"Whole-model plans of the sparse-direct backend, ms per call of {p.batch_size} image(s), fastest first "
+            f"(`{OWN_PLAN}`: every layer in our kernels; `onnxruntime->X`: ONNX Runtime up to X, our kernels after it): "
+            f"{times}. Chosen: **{p.plan['plan']}**.",
+        ]
     return "\n".join(lines)
 
 
