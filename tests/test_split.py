@@ -122,8 +122,8 @@ def test_the_fastest_plan_is_kept(monkeypatch):
 
     plans = {name: sd.Plan(name, slow(s), [f"conv{i}" for i in range(k)]) for name, s, k in
              [(sd.OWN, 0.012, 0), (sd.ORT, 0.008, 3), (f"{sd.ORT}->relu", 0.002, 1)]}
-    monkeypatch.setattr(sd, "build_plans", lambda model, example, threads: (plans, {"onnx_bytes": 1}))
-    best, info = sd.plan_hybrid(None, torch.zeros(1, *SHAPE), threads=1, rounds=3)
+    monkeypatch.setattr(sd, "build_plans", lambda model, example, threads, only: (plans, {"onnx_bytes": 1}))
+    best, info = sd.plan_hybrid(None, torch.zeros(1, *SHAPE), threads=1, rounds=3, use_cache=False)
     assert best.name == info["plan"] == f"{sd.ORT}->relu"
     assert info["onnxruntime_layers"] == ["conv0"]
     assert list(info["plan_times_ms"]) == [f"{sd.ORT}->relu", sd.ORT, sd.OWN]  # fastest first
@@ -142,6 +142,13 @@ def test_backend_runs_the_chosen_plan(tiny, monkeypatch, tmp_path):
         torch.testing.assert_close(prepared.to_torch(prepared.run(x)), model(x), atol=1e-4, rtol=1e-4)
     if info["plan"] != sd.ORT:
         assert set(info["layer_choices"]).isdisjoint(info["onnxruntime_layers"])
+    assert not info["plan_cached"]
+    again = backend.prepare(model, fresh(2, seed=0), "cpu", 2)  # the plan comes from the cache: nothing timed
+    assert again.info["plan_cached"] and again.info["plan"] == info["plan"] and again.info["plan_times_ms"] == {}
+    with torch.no_grad():
+        torch.testing.assert_close(again.to_torch(again.run(x)), model(x), atol=1e-4, rtol=1e-4)
+    other = backend.prepare(model, fresh(3, seed=0), "cpu", 2)  # another batch size: timed afresh
+    assert not other.info["plan_cached"]
 
 
 def test_engine_still_runs_after_its_threads_rest():

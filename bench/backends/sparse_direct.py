@@ -27,6 +27,7 @@ from torch import nn
 from bench.backends import Backend, Prepared
 
 PLAN_ROUNDS = 4  # timed calls of each plan (round-robin; the fastest counts)
+PLAN_VERSION = 1  # bump when plans are built or timed differently: cached plan choices are then ignored
 PLAN_GIVE_UP = 1.25  # after two rounds, plans slower than this times the best stop being timed
 OWN = "sparse-direct-kernels"  # plan name: the whole model in our kernels
 ORT = "onnxruntime"  # plan name: the whole model in ONNX Runtime
@@ -95,9 +96,11 @@ class Plan:
     engine: Any = None  # our engine for the rest (None: the whole model in ONNX Runtime)
 
 
-def build_plans(model: nn.Module, example: torch.Tensor, threads: int) -> tuple[dict[str, Plan], dict]:
+def build_plans(model: nn.Module, example: torch.Tensor, threads: int,
+                only: str | None = None) -> tuple[dict[str, Plan], dict]:
     """Every plan for ``model`` at ``example``'s batch: our engine alone, ONNX Runtime alone, and one per cut
-    (``bench.split``) with convs after it, and the facts of the ONNX export they share."""
+    (``bench.split``) with convs after it, and the facts of the ONNX export they share. With ``only`` (a plan's
+    name, e.g. from the cache), the cut plans other than that one are not built."""
     import onnxruntime as ort
 
     from bench.backends.convmm import inference_copy
@@ -124,6 +127,9 @@ def build_plans(model: nn.Module, example: torch.Tensor, threads: int) -> tuple[
 
     plans = {OWN: Plan(OWN, own.run, [], own), ORT: Plan(ORT, run_ort, convs)}
     for cut in cuts:
+        name = f"{ORT}->{cut.node}"
+        if only is not None and name != only:
+            continue
         engine = compile_model(suffix_module(gm, nodes[cut.node]), values[cut.node], threads, choices=own.choices())
         if not engine.layers:  # no conv after the cut: the same as the whole-ORT plan
             continue
@@ -134,26 +140,53 @@ def build_plans(model: nn.Module, example: torch.Tensor, threads: int) -> tuple[
             rest_threads()  # ONNX Runtime's threads take the cores next: ours must not spin meanwhile
             return y
 
-        name = f"{ORT}->{cut.node}"
         plans[name] = Plan(name, run, [c for c in convs if c not in set(engine.choices())], engine)
     facts = {**facts, "cuts_tried": [c.node for c in cuts]}
     return plans, facts
 
 
-def plan_hybrid(model: nn.Module, example: torch.Tensor, threads: int, rounds: int = PLAN_ROUNDS) -> tuple[Plan, dict]:
-    """Build every plan, time them round-robin on ``example`` and return the fastest with the facts of the choice."""
-    from bench.kernels.engine import time_ops
+def _plan_key(model: nn.Module, example: torch.Tensor, threads: int) -> str:
+    import onnxruntime as ort
 
-    plans, facts = build_plans(model, example, threads)
+    from bench.backends.onnxruntime import fingerprint
+    from bench.kernels.engine import KERNEL_DIGEST
+    from prune.platform import cpu_name
+
+    parts = ("plan", fingerprint(model), tuple(example.shape), threads, cpu_name(), KERNEL_DIGEST, ort.__version__,
+             PLAN_VERSION)
+    return "|".join(str(p) for p in parts)
+
+
+def plan_hybrid(model: nn.Module, example: torch.Tensor, threads: int, rounds: int = PLAN_ROUNDS,
+                use_cache: bool = True) -> tuple[Plan, dict]:
+    """Build every plan, time them round-robin on ``example`` and return the fastest with the facts of the choice.
+
+    The choice is cached on disk beside the per-layer ones (``EngineSettings.cache_dir``), keyed by the
+    model's weights, batch shape, threads, CPU, kernel source and ONNX Runtime version; a cached choice
+    builds only that plan and times nothing.
+    """
+    from bench.kernels.engine import ChoiceCache, EngineSettings, time_ops
+
+    key = _plan_key(model, example, threads) if use_cache else None
+    cached = ChoiceCache(EngineSettings()).get(key) if key else None
+    plans, facts = build_plans(model, example, threads, only=cached)
     example = example.detach().cpu().float().contiguous()
-    with torch.inference_mode():
-        # one untimed call before each timed one: the previous plan's threads must not be what is timed
-        ops = {name: (lambda f=p.run: f(example)) for name, p in plans.items()}
-        times = time_ops(ops, rounds, PLAN_GIVE_UP, settle=1)
-    best = plans[min(times, key=times.get)]
+    if cached in plans:
+        best, times = plans[cached], {}
+    else:
+        with torch.inference_mode():
+            # one untimed call before each timed one: the previous plan's threads must not be what is timed
+            ops = {name: (lambda f=p.run: f(example)) for name, p in plans.items()}
+            times = time_ops(ops, rounds, PLAN_GIVE_UP, settle=1)
+        best = plans[min(times, key=times.get)]
+        if key:
+            cache = ChoiceCache(EngineSettings())  # read again: the engines wrote their choices meanwhile
+            cache.put(key, best.name)
+            cache.save()
     info = {
         **facts,
         "plan": best.name,
+        "plan_cached": bool(cached in plans),
         "plan_times_ms": {k: round(v, 4) for k, v in sorted(times.items(), key=lambda kv: kv[1])},
         "onnxruntime_layers": best.onnx_layers,
     }

@@ -176,8 +176,9 @@ def _weights_digest(conv: nn.Conv2d) -> str:
     return h.hexdigest()
 
 
-class _ChoiceCache:
-    """Per-layer choices on disk (one JSON file), so repeated prepares skip the timing."""
+class ChoiceCache:
+    """Choices on disk (one JSON file: per-layer variants, and the sparse-direct backend's plans), so repeated
+    prepares skip the timing."""
 
     def __init__(self, settings: EngineSettings):
         self.enabled = settings.use_cache and settings.force is None and not settings.time_everything
@@ -210,7 +211,7 @@ class _ChoiceCache:
             pass  # an unwritable cache folder only costs the timing next time
 
 
-_KERNEL_DIGEST = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:10]
+KERNEL_DIGEST = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:10]
 _CHOICE_VERSION = 2  # bump when the way choices are timed changes: earlier cached choices are then ignored
 
 
@@ -384,7 +385,7 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
     ShapeProp(gm).propagate(example[:chunk].float())
     border = max([1] + [m.padding[0] for m in modules.values() if isinstance(m, nn.Conv2d) and _supported_conv(m)])
     engine = Engine(chunk, threads)
-    cache = _ChoiceCache(settings)
+    cache = ChoiceCache(settings)
     env: dict[fx.Node, Any] = {}
     masks: dict[Act, torch.Tensor] = {}
     shared_phases: dict[tuple, torch.Tensor] = {}  # one set of phase planes per (input, stride, output pitch)
@@ -452,7 +453,7 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
         density = float((weight != 0).float().mean())
         fused = "+".join(x for x in ("add" if p.residual else "", "relu" if p.relu else "") if x)
         key = "|".join(
-            str(x) for x in (_weights_digest(conv), geom, fused, threads, cpu_name(), _KERNEL_DIGEST, _CHOICE_VERSION)
+            str(x) for x in (_weights_digest(conv), geom, fused, threads, cpu_name(), KERNEL_DIGEST, _CHOICE_VERSION)
         )
 
         packs: dict[tuple, PackedWeights | PackedRows] = {}  # variants differing only in tiling share their weights
