@@ -61,6 +61,7 @@ class ABResult:
     model: str
     facts: dict
     blocks: dict[str, list[float]]
+    info: dict = dataclasses.field(default_factory=dict)  # per backend: what its prepare reported (choices, plan...)
 
     def median(self, backend: str) -> float:
         return statistics.median(self.blocks[backend])
@@ -68,6 +69,15 @@ class ABResult:
     def ratios(self, baseline: str, backend: str) -> list[float]:
         """Speedup of ``backend`` over ``baseline`` in each block pair (> 1: faster than the baseline)."""
         return [b / x for b, x in zip(self.blocks[baseline], self.blocks[backend])]
+
+
+def _jsonable(value):
+    """``value`` with what JSON cannot hold (tensors, paths, objects) as its string."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
 
 
 def _time_block(run, inputs, synchronize, seconds: float) -> float:
@@ -132,7 +142,8 @@ def compare(specs: list, settings: ABSettings, progress: bool = True) -> list[AB
                     time.sleep(settings.pause_ms / 1e3)
                     seconds = _time_block(p.run, p.inputs, p.synchronize, settings.block_s)
                     blocks[name].append(seconds * 1e3 / settings.batch_size)
-        results.append(ABResult(spec.id, bm.facts, blocks))
+        info = {name: _jsonable(p.info) for name, p in prepared.items()}
+        results.append(ABResult(spec.id, bm.facts, blocks, info))
         del prepared
     return results
 

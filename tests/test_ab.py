@@ -41,6 +41,7 @@ def test_cli_times_checks_parity_writes_and_refuses_to_overwrite(tmp_path, capsy
     (result,) = record["results"]
     assert result["model"] == "synthetic-s50"
     assert all(len(v) == 2 and min(v) > 0 for v in result["blocks"].values())
+    assert set(result["info"]) == {"torch-dense", "torch-dense-folded"}  # what each prepare reported
     assert "torch-dense-folded vs torch-dense" in (tmp_path / "ab-cpu-bs1.md").read_text()
     assert (tmp_path / "ab-cpu-bs1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert ab.main(argv) == 2  # the results exist: not without --force
