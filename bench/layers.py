@@ -96,7 +96,7 @@ def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progr
     if settings.plans:
         from bench.backends.sparse_direct import plan_hybrid
 
-        _, plan = plan_hybrid(model, example, threads)
+        _, plan = plan_hybrid(model, example, threads, use_cache=False)  # a profile times afresh
     return Profile(label, settings.batch_size, per_layer_threads, engine.chunk, engine.layers, plan)
 
 

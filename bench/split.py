@@ -18,6 +18,7 @@ example batch, not by names, which differ from exporter to exporter.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,18 @@ class OnnxCut:
     max_abs_diff: float  # |ONNX Runtime - PyTorch| at the cut, on the example
 
 
+@functools.lru_cache(maxsize=2)
+def _inferred(path: str, mtime_ns: int):
+    """The ONNX model at ``path`` with inferred shapes (loaded once per file version: every prefix reads it)."""
+    import onnx
+
+    return onnx.shape_inference.infer_shapes(onnx.load(path))
+
+
+def _load(path: str | Path):
+    return _inferred(str(path), Path(path).stat().st_mtime_ns)
+
+
 def _onnx_cut_tensors(model) -> list[str]:
     """ONNX values after whose producing node nothing else (but initializers and constants) is still needed."""
     graph = model.graph
@@ -153,7 +166,7 @@ def match_onnx_cuts(onnx_path: str | Path, gm: fx.GraphModule, example: torch.Te
     import onnx
     import onnxruntime as ort
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    model = _load(onnx_path)
     candidates = _onnx_cut_tensors(model)
     infos = {v.name: v for v in list(model.graph.value_info) + list(model.graph.output)}
     extra = [infos[name] for name in candidates if name in infos and name not in {o.name for o in model.graph.output}]
@@ -184,10 +197,9 @@ def match_onnx_cuts(onnx_path: str | Path, gm: fx.GraphModule, example: torch.Te
 
 def onnx_prefix(onnx_path: str | Path, tensor: str) -> bytes:
     """The serialized ONNX model computing ``tensor`` from the model's input: the part of the graph it needs."""
-    import onnx
     from onnx.utils import Extractor
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    model = _load(onnx_path)
     inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     prefix = Extractor(model).extract_model(inputs, [tensor])
     return prefix.SerializeToString()
