@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -203,7 +202,7 @@ def _prepare_hybrid(model: nn.Module, example: torch.Tensor, device: str, thread
         with torch.inference_mode():
             return f(x)
 
-    return Prepared(run=run, inputs=inputs, info=info, to_torch=lambda y: torch.as_tensor(np.asarray(y)).float())
+    return Prepared(run=run, inputs=inputs, info=info)  # every plan returns a tensor: the default to_torch
 
 
 BACKEND = Backend(
