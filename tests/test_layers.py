@@ -27,6 +27,13 @@ def test_profile_arithmetic_by_hand():
     assert "at most 5.00x" in table and "2.00x over the best dense" in table
 
 
+def test_every_kind_is_counted_as_dense_or_sparse():
+    times = {"dense(R=6,V=1)": 5.0, "torch": 4.0, "channels(R=16,V=1)": 6.0, "sparse(R=1,V=6)": 3.0,
+             "grouped(R=4,V=1)": 3.5, "rows(R=1,V=4,tiles)": 2.0}
+    r = LayerRecord("a", (1, 8, 4, 4), (1, 8, 4, 4), (3, 3), 1, 100, 0.5, times, "rows(R=1,V=4,tiles)", "relu", 1, 4)
+    assert (r.dense_ms, r.sparse_ms) == (4.0, 2.0)  # the rows kernel skips zeros: it is a sparse variant
+
+
 def test_table_marks_the_layers_of_the_onnx_prefix():
     plan = {"plan": "onnxruntime->x", "plan_times_ms": {"onnxruntime->x": 1.5, "onnxruntime": 2.0},
             "onnxruntime_layers": ["a"]}

@@ -118,12 +118,13 @@ def fits_registers(kind: str, R: int, V: int, regs: int | None = None) -> bool:
     A tile that does not spills its accumulators at every multiply-add: on an AVX2
     machine (8 such vectors) the AVX-512-sized tiles ran 3-10x slower than torch.
     Live values: the accumulators (times the C++'s U independent sets for small
-    tiles), one input vector and one broadcast weight; the rows kernel keeps the
-    V + 2 input vectors of a kernel row live as well.
+    tiles), one input vector and one broadcast weight; the rows kernel keeps its V
+    accumulators, one input vector and the 3 broadcast weights of a kernel row (a
+    broadcast is one ymm, half a vector, on AVX2).
     """
     regs = vector_registers() if regs is None else regs
     if kind == "rows":
-        return V + (V + 2) + 1 <= regs
+        return V + 1 + (3 if regs >= 32 else 2) <= regs
     rv = R * V
     if regs >= 32:
         u = 1 if rv >= 8 else (2 if rv >= 4 else 4)
@@ -614,7 +615,7 @@ def candidate_variants(geom: ConvGeometry, density: float, threads: int = 1, eve
         if batched:  # position tiles outermost, with input chunks small enough that a tile's inputs stay in L1
             tile_chunks = [0] + [c for c in (16, 32) if c < cin]
             kinds = ("sparse", "rows") if rows_fit(geom) else ("sparse",)
-            tile_v = {"sparse": (4, 8) if wide else (3, 6), "rows": (4, 6) if wide else (2,)}
+            tile_v = {"sparse": (4, 8) if wide else (3, 6), "rows": (4, 6) if wide else (2, 4)}
             out += [Variant(k, 1, v, blocks[-1], c, True) for k in kinds for v in tile_v[k] if v <= vectors
                     for c in tile_chunks]
         if density > 0.1:

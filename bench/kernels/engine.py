@@ -85,8 +85,8 @@ class LayerRecord:
 
     @property
     def sparse_ms(self) -> float | None:
-        """The fastest variant that skips zero weights (sparse, grouped)."""
-        t = [v for k, v in self.times_ms.items() if k.startswith(("sparse", "grouped"))]
+        """The fastest variant that skips zero weights (sparse, grouped, rows)."""
+        t = [v for k, v in self.times_ms.items() if k.startswith(("sparse", "grouped", "rows"))]
         return min(t) if t else None
 
     @property

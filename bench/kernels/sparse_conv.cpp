@@ -365,11 +365,17 @@ static inline void row_entries(const float* in, vf* acc, int64_t t, const int32_
     for (int64_t k = kb; k < ke; k++) {
         const float* p = in + src[k] + t;
         const float* w = val + (k - kb) * NT;
-        vf x[SPAN];
-        for (int i = 0; i < SPAN; i++) x[i] = ld(p + 16 * i);
-        for (int j = 0; j < NT; j++) {
-            const vf wj = bc(w[j]);
-            for (int v = 0; v < V; v++) acc[v] += wj * x[v + j * GAP];
+        vf wj[NT];
+        for (int j = 0; j < NT; j++) wj[j] = bc(w[j]);
+        // each input vector is loaded once and at once multiplied into every accumulator it reaches, so only
+        // one is live at a time (loading the whole span first kept V + 2 of them live: on AVX2 only V = 2 fit,
+        // too few accumulators to hide the multiply-add latency); each acc[v] still adds its taps in order
+        for (int i = 0; i < SPAN; i++) {
+            const vf x = ld(p + 16 * i);
+            for (int j = 0; j < NT; j++) {
+                const int v = i - j * GAP;
+                if (v >= 0 && v < V) acc[v] += wj[j] * x;
+            }
         }
     }
 }
