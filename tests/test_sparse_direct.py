@@ -221,3 +221,6 @@ def test_variants_are_timed_round_robin_and_slow_ones_dropped():
     assert calls[3:9] == ["fast", "slow", "near"] * 2  # two full rounds, interleaved
     assert calls[9:] == ["fast", "near"] * 2  # then "slow" (over 3x the best) is no longer timed
     assert times["fast"] < times["near"] < times["slow"]
+    calls.clear()
+    time_ops({"fast": op("fast", 0.001), "slow": op("slow", 0.02)}, rounds=4, keep=("slow",))
+    assert calls.count("slow") == 5  # a baseline is timed every round, however slow it looks

@@ -262,7 +262,7 @@ class Engine:
 
 
 def time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | None = 3.0,
-             settle: int = 0) -> dict[str, float]:
+             settle: int = 0, keep: tuple[str, ...] = ()) -> dict[str, float]:
     """The fastest call of each op in ms, timed round-robin: one call of each op per round, after a
     warm-up call each (the first call of an op can be many times slower).
 
@@ -273,7 +273,8 @@ def time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | N
     far stop being timed (they will not be chosen), which keeps preparing quick. ``settle``
     untimed calls precede each timed one: where the ops are whole engines whose threads
     linger after a call (spinning, waking), the first call after a switch pays for the
-    previous op's threads, which a run of one op alone does not.
+    previous op's threads, which a run of one op alone does not. Ops named in ``keep`` (a
+    baseline) are timed every round however slow they look.
     """
     for op in ops.values():
         op()
@@ -288,7 +289,7 @@ def time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | N
             best[name] = min(best[name], time.perf_counter() - t)
         if give_up and k >= 1:  # two calls each: one disturbed call does not rule a variant out
             floor = min(best.values())
-            alive = [n for n in alive if best[n] <= give_up * floor]
+            alive = [n for n in alive if best[n] <= give_up * floor or n in keep]
     return {name: t * 1e3 for name, t in best.items()}
 
 
