@@ -7,8 +7,16 @@ memory (a dense model at batch 1) barely moves. If the first column swings
 between windows here, latency ratios between backends will swing too; compare
 them with ``python -m bench.ab``, which interleaves the backends.
 
+``--cores`` also measures what the second CPU adds to compute-bound work: a
+small matrix product (256 x 256, fp32) on one thread, then on two at once. On a machine
+with two free cores the two together do about twice the work; where the two
+virtual CPUs share a physical core, or a tenant takes part of one, they do
+less, and an engine that runs one single-threaded pass per core gains less
+from its second thread than one whose threads wait on memory.
+
     python -m bench.noise                  # 20 windows
     python -m bench.noise --windows 60 --sizes-kib 256 8192 131072
+    python -m bench.noise --windows 10 --cores
 """
 
 from __future__ import annotations
@@ -64,6 +72,63 @@ def probe(windows: int, sizes_kib: Sequence[int], pause_s: float = 0.2) -> dict[
     return out
 
 
+def matmul_rate(threads: int, seconds: float = 0.1, n: int = 256) -> float:
+    """GFLOP/s of ``threads`` Python threads each multiplying its own n x n fp32 matrices on one
+    torch thread for ``seconds``, all together."""
+    import threading
+
+    import torch
+
+    flops = 2 * n**3
+    counts = [0] * threads
+    start = threading.Barrier(threads + 1)
+
+    def work(k: int) -> None:
+        torch.set_num_threads(1)  # per thread (OpenMP's setting is the calling thread's); the GIL is released in mm
+        a, b = torch.rand(n, n), torch.rand(n, n)
+        c = torch.empty(n, n)
+        torch.mm(a, b, out=c)
+        start.wait()
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            torch.mm(a, b, out=c)
+            counts[k] += 1
+
+    pool = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in pool:
+        t.join()
+    return sum(counts) * flops / (time.perf_counter() - t0) / 1e9
+
+
+def second_core(windows: int, pause_s: float = 0.2) -> list[tuple[float, float]]:
+    """(one thread, two threads together) GFLOP/s of ``matmul_rate``, one pair per window."""
+    if windows < 1:
+        raise PruneBenchError("give --windows >= 1")
+    out = []
+    for _ in range(windows):
+        out.append((matmul_rate(1), matmul_rate(2)))
+        time.sleep(pause_s)
+    return out
+
+
+def format_cores(pairs: list[tuple[float, float]]) -> str:
+    gains = [two / one for one, two in pairs]
+    return "\n".join([
+        "| compute (256x256 fp32 matmul, one torch thread each) | median | lowest | highest |",
+        "|---|---:|---:|---:|",
+        f"| one thread, GFLOP/s | {statistics.median(p[0] for p in pairs):.1f} | {min(p[0] for p in pairs):.1f} | "
+        f"{max(p[0] for p in pairs):.1f} |",
+        f"| two threads together, GFLOP/s | {statistics.median(p[1] for p in pairs):.1f} | "
+        f"{min(p[1] for p in pairs):.1f} | {max(p[1] for p in pairs):.1f} |",
+        f"| what the second thread adds (two / one, per window) | {statistics.median(gains):.2f}x | {min(gains):.2f}x | "
+        f"{max(gains):.2f}x |",
+    ])
+
+
 def format_table(result: dict[int, list[float]]) -> str:
     lines = ["| buffer | median GB/s | lowest | highest | highest / lowest |", "|---|---:|---:|---:|---:|"]
     for size, values in result.items():
@@ -77,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.noise", description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=20, help="measurements per size (default: 20)")
     parser.add_argument("--sizes-kib", type=int, nargs="+", default=list(SIZES_KIB), help="buffer sizes in KiB")
+    parser.add_argument("--cores", action="store_true",
+                        help="also measure what a second thread adds to compute-bound work, window by window")
     args = parser.parse_args(argv)
 
     def work(_argv) -> int:
@@ -84,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for size, values in result.items():
             print(f"{size:>8} KiB: " + " ".join(f"{v:.0f}" for v in values))
         print(format_table(result))
+        if args.cores:
+            pairs = second_core(args.windows)
+            print("second thread adds: " + " ".join(f"{two / one:.2f}" for one, two in pairs))
+            print(format_cores(pairs))
         return 0
 
     return run_cli(work, argv)
