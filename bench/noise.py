@@ -81,7 +81,7 @@ def matmul_rate(threads: int, seconds: float = 0.1, n: int = 256) -> float:
 
     flops = 2 * n**3
     counts = [0] * threads
-    start = threading.Barrier(threads + 1)
+    start = threading.Barrier(threads + 1, timeout=30)  # a worker that fails breaks it instead of hanging the probe
 
     def work(k: int) -> None:
         torch.set_num_threads(1)  # per thread (OpenMP's setting is the calling thread's); the GIL is released in mm
@@ -116,17 +116,14 @@ def second_core(windows: int, pause_s: float = 0.2) -> list[tuple[float, float]]
 
 
 def format_cores(pairs: list[tuple[float, float]]) -> str:
-    gains = [two / one for one, two in pairs]
-    return "\n".join([
-        "| compute (256x256 fp32 matmul, one torch thread each) | median | lowest | highest |",
-        "|---|---:|---:|---:|",
-        f"| one thread, GFLOP/s | {statistics.median(p[0] for p in pairs):.1f} | {min(p[0] for p in pairs):.1f} | "
-        f"{max(p[0] for p in pairs):.1f} |",
-        f"| two threads together, GFLOP/s | {statistics.median(p[1] for p in pairs):.1f} | "
-        f"{min(p[1] for p in pairs):.1f} | {max(p[1] for p in pairs):.1f} |",
-        f"| what the second thread adds (two / one, per window) | {statistics.median(gains):.2f}x | {min(gains):.2f}x | "
-        f"{max(gains):.2f}x |",
-    ])
+    rows = [("one thread, GFLOP/s", [one for one, _ in pairs], "{:.1f}"),
+            ("two threads together, GFLOP/s", [two for _, two in pairs], "{:.1f}"),
+            ("what the second thread adds (two / one, per window)", [two / one for one, two in pairs], "{:.2f}x")]
+    lines = ["| compute (256x256 fp32 matmul, one torch thread each) | median | lowest | highest |", "|---|---:|---:|---:|"]
+    for label, values, fmt in rows:
+        cells = (fmt.format(v) for v in (statistics.median(values), min(values), max(values)))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def format_table(result: dict[int, list[float]]) -> str:

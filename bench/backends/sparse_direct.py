@@ -184,7 +184,8 @@ def plan_hybrid(model: nn.Module, example: torch.Tensor, threads: int, rounds: i
     cached = ChoiceCache(EngineSettings()).get(key) if key else None
     plans, facts = build_plans(model, example, threads, only=cached)
     example = example.detach().cpu().float().contiguous()
-    if cached in plans:
+    from_cache = cached in plans
+    if from_cache:
         best, times = plans[cached], {}
     else:
         with torch.inference_mode():
@@ -199,7 +200,7 @@ def plan_hybrid(model: nn.Module, example: torch.Tensor, threads: int, rounds: i
     info = {
         **facts,
         "plan": best.name,
-        "plan_cached": bool(cached in plans),
+        "plan_cached": from_cache,
         "plan_times_ms": {k: round(v, 4) for k, v in sorted(times.items(), key=lambda kv: kv[1])},
         "onnxruntime_layers": best.onnx_layers,
     }
