@@ -197,6 +197,55 @@ def test_rows_kernel_matches_conv2d_on_random_shapes(cin, cout, h, w, sparsity, 
     torch.testing.assert_close(got, expected.relu(), atol=1e-4, rtol=1e-4)
 
 
+# the cols kernel: one picture whose output plane is whole vectors (16, 32, 64 positions)
+COLS = [Variant("cols", 1, v) for v in K.COLS_V]
+
+
+@pytest.mark.parametrize("variant", COLS, ids=str)
+@pytest.mark.parametrize("h, w, k, stride, padding", [(4, 4, 3, 1, 1), (8, 8, 3, 2, 1), (8, 8, 1, 2, 0),
+                                                      (8, 4, 3, 1, 1), (16, 16, 3, 2, 1), (8, 8, 3, 1, 1)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.95, 1.0])
+def test_cols_kernel_matches_conv2d(variant, h, w, k, stride, padding, sparsity):
+    g = torch.Generator().manual_seed(int(sparsity * 100) + h + 7 * stride + k)
+    x = torch.randn(1, 12, h, w, generator=g)
+    weight = torch.randn(20, 12, k, k, generator=g) * (torch.rand(20, 12, k, k, generator=g) >= sparsity)
+    bias = torch.randn(20, generator=g)
+    expected = F.conv2d(x, weight, bias, stride=stride, padding=padding)
+    if (expected.shape[2] * expected.shape[3]) % (16 * variant.V):
+        with pytest.raises(K.PruneBenchError, match="whole tiles"):
+            sparse_conv2d(x, weight, bias, stride=stride, padding=padding, variant=variant)
+        return
+    res = torch.randn(expected.shape, generator=g)
+    got = sparse_conv2d(x, weight, bias, stride=stride, padding=padding, residual=res, relu=True, variant=variant,
+                        threads=2)
+    torch.testing.assert_close(got, (expected + res).relu(), atol=1e-4, rtol=1e-4)
+
+
+def test_cols_kernel_by_hand():
+    # one centre tap of 2 and one right tap of -1 on a 4x4 ramp: out = 2 * x - (x shifted left, zero at the edge) + 1
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    w = torch.zeros(1, 1, 3, 3)
+    w[0, 0, 1, 1], w[0, 0, 1, 2] = 2.0, -1.0
+    right = torch.zeros(1, 1, 4, 4)
+    right[..., :3] = x[..., 1:]
+    y = sparse_conv2d(x, w, torch.tensor([1.0]), padding=1, variant=Variant("cols", 1, 1))
+    assert torch.equal(y, 2 * x - right + 1)
+
+
+def test_cols_kernel_is_offered_for_small_pictures_only():
+    def offered(n, c, hw, stride=1):
+        geom = ConvGeometry.make(Act(c, hw, hw, n, 1), c, (3, 3), stride, 1, 1)
+        return [v for v in K.candidate_variants(geom, 0.05, threads=2) if v.kind == "cols"]
+
+    assert offered(1, 512, 4) == [Variant("cols", 1, 1)]  # 512 x 9 taps x 16 positions: 295 KB, fits in L2
+    assert offered(1, 256, 8, stride=2) == [Variant("cols", 1, 1)]  # output 4x4
+    assert offered(1, 256, 8) == []  # 590 KB of gathered taps: slower than the layout
+    assert offered(16, 512, 4) == []  # the 16-image layout has no border lanes to save
+    assert offered(1, 64, 6) == []  # 36 positions: not whole vectors
+    with pytest.raises(K.PruneBenchError, match="cols kernel"):
+        sparse_conv2d(torch.randn(2, 3, 4, 4), torch.randn(4, 3, 3, 3), padding=1, variant=Variant("cols", 1, 1))
+
+
 def test_padding_larger_than_border_is_refused():
     with pytest.raises(K.PruneBenchError, match="border"):
         ConvGeometry.make(Act(3, 8, 8, 1, 1), 4, (5, 5), 1, 2, 1)
@@ -237,7 +286,8 @@ def test_matches_conv2d_on_random_shapes(n, cin, cout, h, w, k, stride, padding,
 def test_candidates_are_all_compiled(n, c, hw, density):
     geom = ConvGeometry.make(Act(c, hw, hw, n, 1), c, (3, 3), 1, 1, 1)
     variants = K.candidate_variants(geom, density, threads=2, everything=True)
-    assert variants and all(v.kind in ("torch", "channels") or (v.R, v.V) in KERNELS for v in variants)
+    assert variants and all(v.kind in ("torch", "channels") or (v.V in K.COLS_V if v.kind == "cols" else (v.R, v.V) in KERNELS)
+                            for v in variants)
     assert any(v.kind in ("dense", "torch") for v in variants)
 
 

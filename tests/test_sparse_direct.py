@@ -98,6 +98,25 @@ def test_outputs_and_every_intermediate_match(force):
         assert all(c.startswith(force) for c in engine.choices().values())
 
 
+@pytest.mark.parametrize("force", ["cols", "sparse"])
+def test_phase_planes_are_filled_only_for_variants_that_read_them(force):
+    # one 8x8 picture: every conv's output is whole vectors (8x8, 4x4), so each can run the cols kernel,
+    # which gathers its taps from the input itself; the strided block's phase split is then dropped
+    from bench.kernels.engine import _PhaseStep
+
+    model = tiny_model(seed=2)
+    engine = compile_model(model, torch.randn(1, 3, 8, 8), threads=2, settings=no_cache(force=force))
+    assert all(c.startswith(force) for c in engine.choices().values())
+    phase_steps = [s for s in engine.steps if isinstance(s, _PhaseStep)]
+    assert len(phase_steps) == (0 if force == "cols" else 1)
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(engine.run(x), model(x), atol=1e-5, rtol=1e-5)
+    reference = node_values(model, x)
+    for name, value in engine.features(x).items():
+        torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=1e-5, msg=f"activation {name}")
+
+
 def test_outputs_depend_on_the_input():
     model = tiny_model(seed=3)
     engine = compile_model(model, torch.randn(4, 3, 12, 12), threads=1, settings=no_cache())

@@ -39,6 +39,7 @@ from bench.kernels import (
     PackedWeights,
     Variant,
     candidate_variants,
+    cols_offsets,
     dense_nbytes,
     from_act,
     global_avg_pool,
@@ -85,8 +86,8 @@ class LayerRecord:
 
     @property
     def sparse_ms(self) -> float | None:
-        """The fastest variant that skips zero weights (sparse, grouped, rows)."""
-        t = [v for k, v in self.times_ms.items() if k.startswith(("sparse", "grouped", "rows"))]
+        """The fastest variant that skips zero weights (sparse, grouped, rows, cols)."""
+        t = [v for k, v in self.times_ms.items() if k.startswith(("sparse", "grouped", "rows", "cols"))]
         return min(t) if t else None
 
     @property
@@ -94,6 +95,23 @@ class LayerRecord:
         """The fastest variant that computes every weight (our dense kernels, torch's conv2d)."""
         t = [v for k, v in self.times_ms.items() if k.startswith(("dense", "torch", "channels"))]
         return min(t) if t else None
+
+
+READS_INPUT = ("cols", "torch")  # variants of a strided conv that read its input, not its phase planes
+
+
+@dataclasses.dataclass
+class _PhaseStep:
+    """Split one input into the phase planes its strided convs read; dropped from the pass if none does."""
+
+    geom: ConvGeometry
+    buf: torch.Tensor
+    phases: torch.Tensor
+    threads: int
+    used: bool = False
+
+    def __call__(self) -> None:
+        self.geom.fill_phases(self.buf, self.phases, self.threads)
 
 
 @dataclasses.dataclass
@@ -390,6 +408,7 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
     env: dict[fx.Node, Any] = {}
     masks: dict[Act, torch.Tensor] = {}
     shared_phases: dict[tuple, torch.Tensor] = {}  # one set of phase planes per (input, stride, output pitch)
+    phase_steps: dict[tuple, _PhaseStep] = {}
 
     def shape_of(node: fx.Node) -> tuple[int, ...]:
         meta = node.meta.get("tensor_meta")
@@ -447,8 +466,9 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
             phases = shared_phases.get(key_p)
             if phases is None:
                 phases = shared_phases[key_p] = geom.alloc_phases()
-                geom.fill_phases(p.inp.buf, phases, threads)
-                engine.steps.append(lambda g=geom, b=p.inp.buf, ph=phases: g.fill_phases(b, ph, threads))
+                geom.fill_phases(p.inp.buf, phases, threads)  # the variants timed below may read them
+                phase_steps[key_p] = _PhaseStep(geom, p.inp.buf, phases, threads)
+                engine.steps.append(phase_steps[key_p])
         res = p.residual.buf if p.residual is not None else None
         weight = conv.weight.detach()
         density = float((weight != 0).float().mean())
@@ -466,6 +486,11 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
                 if ("rows", v.chunk) not in packs:
                     packs[("rows", v.chunk)] = PackedRows.pack(weight, conv.bias, offsets, v.chunk)
                 packed = packs[("rows", v.chunk)]
+            elif v.kind == "cols":
+                if "cols" not in packs:
+                    packs["cols"] = dataclasses.replace(
+                        PackedWeights.pack(weight, conv.bias, cols_offsets(geom), 1), cols=True)
+                packed = packs["cols"]
             elif v.kind != "torch":
                 dense = v.kind in ("dense", "channels")
                 key_w = (dense, v.R)
@@ -499,6 +524,8 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
             chosen = by_name[ranked[0]]
             cache.put(key, str(chosen))
         op = make(chosen)
+        if phases is not None and chosen.kind not in READS_INPUT:
+            phase_steps[key_p].used = True
         engine.steps.append(op)
         if progress:
             progress(p.name)
@@ -643,4 +670,6 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
                 materialize(a)
             env[node] = torch_step(node)
     cache.save()
+    # a strided conv whose chosen variant reads its input itself needs no phase planes filled in a pass
+    engine.steps = [step for step in engine.steps if not (isinstance(step, _PhaseStep) and not step.used)]
     return engine

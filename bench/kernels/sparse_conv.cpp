@@ -497,6 +497,86 @@ void conv_rows(int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, in
 
 
 
+// ---- "cols": one picture whose output plane is whole vectors (8x8: 4, 4x4: 1). The taps of every input channel
+// are first gathered into a compact buffer, col[(ci * KK + tap) * P + p] for the P output positions (an im2col of
+// the input, without its borders), so each nonzero weight is one aligned run of P / 16 vectors: no lanes spent on
+// borders or wrap-around (a 4x4 plane in the layout is 2 vectors for 16 outputs), and loads that never split a
+// cache line. Then each output channel is the per-weight tile over col, scattered into the layout's interior.
+// Weights: PackedWeights with R = 1 and src[k] = (ci * KK + tap) * P.
+// hout rows of wout values, every s-th of each s-th input row, into d; fixed-size copies for the common widths
+// (a memcpy call per 4-float row cost more than the whole convolution's multiply-adds on a 4x4 plane)
+template <int W, int S>
+static inline void gather_fixed(float* d, const float* q, int64_t hout, int64_t ipitch) {
+    for (int64_t y = 0; y < hout; y++)
+        for (int x = 0; x < W; x++) d[y * W + x] = q[y * S * ipitch + x * S];
+}
+
+static inline void gather_rows(float* d, const float* q, int64_t hout, int64_t wout, int64_t s, int64_t ipitch) {
+    if (s == 1 && wout == 4) return gather_fixed<4, 1>(d, q, hout, ipitch);
+    if (s == 1 && wout == 8) return gather_fixed<8, 1>(d, q, hout, ipitch);
+    if (s == 1 && wout == 16) return gather_fixed<16, 1>(d, q, hout, ipitch);
+    if (s == 2 && wout == 4) return gather_fixed<4, 2>(d, q, hout, ipitch);
+    if (s == 2 && wout == 8) return gather_fixed<8, 2>(d, q, hout, ipitch);
+    if (s == 2 && wout == 16) return gather_fixed<16, 2>(d, q, hout, ipitch);
+    for (int64_t y = 0; y < hout; y++)
+        for (int64_t x = 0; x < wout; x++) d[y * wout + x] = q[y * s * ipitch + x * s];
+}
+
+template <int V>
+static void run_cols(const float* in, int64_t istride, int64_t cin, int64_t ipitch, int64_t ib, int64_t s, int64_t kh,
+                     int64_t kw, int64_t pad, int64_t hout, int64_t wout, float* col, float* out, int64_t ostride,
+                     int64_t opitch, int64_t ob, int64_t cout, const int64_t* gptr, const int32_t* src, const float* val,
+                     const float* bias, const float* res, int64_t rstride, bool relu, int nthreads) {
+    const int64_t P = hout * wout, KK = kh * kw;
+    const int64_t gunits = std::min<int64_t>(cin, 4 * std::max(1, nthreads));
+    pool().run(cin * KK * P < (1 << 13) ? 1 : nthreads, gunits, [&](int64_t u) {
+        for (int64_t c = cin * u / gunits; c < cin * (u + 1) / gunits; c++)
+            for (int64_t ky = 0; ky < kh; ky++)
+                for (int64_t kx = 0; kx < kw; kx++) {
+                    float* d = col + (c * KK + ky * kw + kx) * P;
+                    const float* q = in + c * istride + (ib - pad + ky) * ipitch + (ib - pad + kx);
+                    gather_rows(d, q, hout, wout, s, ipitch);
+                }
+    });
+    const int64_t units = std::min<int64_t>(cout, 8 * std::max(1, nthreads));
+    pool().run(nthreads, units, [&](int64_t u) {
+        alignas(64) float acc[16 * 64];  // the sums of one output channel (P <= 1024)
+        float* accp[1] = {acc};
+        for (int64_t co = cout * u / units; co < cout * (u + 1) / units; co++) {
+            for (int64_t t = 0; t < P; t += 16 * V)
+                tile<1, V>(col, accp, t, src, val, gptr[co], gptr[co + 1], bias + co, nullptr, nullptr, false, 1, true,
+                           false);
+            float* o = out + co * ostride + ob * opitch + ob;
+            const float* r = res ? res + co * rstride + ob * opitch + ob : nullptr;
+            for (int64_t y = 0; y < hout; y++)
+                for (int64_t x = 0; x < wout; x++) {
+                    float v = acc[y * wout + x];
+                    if (r) v += r[y * opitch + x];
+                    if (relu) v = v > 0 ? v : 0;
+                    o[y * opitch + x] = v;
+                }
+        }
+    });
+}
+
+void conv_cols(int V, int64_t in, int64_t istride, int64_t cin, int64_t ipitch, int64_t ib, int64_t s, int64_t kh,
+               int64_t kw, int64_t pad, int64_t hout, int64_t wout, int64_t col, int64_t out, int64_t ostride,
+               int64_t opitch, int64_t ob, int64_t cout, int64_t gptr, int64_t src, int64_t val, int64_t bias,
+               int64_t res, int64_t rstride, bool relu, int nthreads) {
+    const int64_t P = hout * wout;
+    if (P % (16 * V) != 0 || P > 16 * 64)
+        throw std::invalid_argument("sparse_conv: the cols kernel takes output planes of whole tiles, at most 1024");
+#define PB_CALL(VV)                                                                                                \
+    if (V == VV)                                                                                                   \
+        return run_cols<VV>(ptr<const float*>(in), istride, cin, ipitch, ib, s, kh, kw, pad, hout, wout,           \
+                            ptr<float*>(col), ptr<float*>(out), ostride, opitch, ob, cout, ptr<const int64_t*>(gptr), \
+                            ptr<const int32_t*>(src), ptr<const float*>(val), ptr<const float*>(bias),             \
+                            ptr<const float*>(res), rstride, relu, nthreads);
+    PB_CALL(1) PB_CALL(2) PB_CALL(4)
+#undef PB_CALL
+    throw std::invalid_argument("sparse_conv: no cols kernel for this V");
+}
+
 // ---- "channels": 16 output channels in one vector (their weights for one input tap are one load), and a
 // tile of ROWS x W output positions, each a broadcast of one input value. Every lane does useful work however
 // small the image (a 4x4 plane is 16 positions, not 2 vectors partly spent on borders); for dense and mildly
@@ -657,6 +737,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     using release = pybind11::call_guard<pybind11::gil_scoped_release>;
     m.def("conv", &conv, release(), "sparse direct convolution over a flat zero-bordered layout (pointers as integers)");
     m.def("conv_rows", &conv_rows, release(), "sparse direct convolution with nonzeros grouped by kernel row");
+    m.def("conv_cols", &conv_cols, release(), "sparse convolution of one small picture over its compact im2col");
     m.def("conv_channels", &conv_channels, release(), "convolution with 16 output channels per vector (small images)");
     m.attr("vector_registers") = kVRegs;
     m.def("rest", [] { pool().rest(); }, "idle pool threads sleep at once until the next call (no spinning)");
