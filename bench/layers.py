@@ -143,6 +143,10 @@ def format_table(p: Profile) -> str:
             f"(`{OWN_PLAN}`: every layer in our kernels; `onnxruntime->X`: ONNX Runtime up to X, our kernels after it): "
             f"{times}. Chosen: **{p.plan['plan']}**.",
         ]
+        confirm = p.plan.get("plan_confirm_ms")
+        if confirm:
+            again = ", ".join(f"{name} {ms:.3f}" for name, ms in confirm.items())
+            lines.append(f"Timed again against ONNX Runtime, alternately and twice as long: {again}.")
     return "\n".join(lines)
 
 

@@ -32,11 +32,14 @@ def test_every_kind_is_counted_as_dense_or_sparse():
              "grouped(R=4,V=1)": 3.5, "rows(R=1,V=4,tiles)": 2.0}
     r = LayerRecord("a", (1, 8, 4, 4), (1, 8, 4, 4), (3, 3), 1, 100, 0.5, times, "rows(R=1,V=4,tiles)", "relu", 1, 4)
     assert (r.dense_ms, r.sparse_ms) == (4.0, 2.0)  # the rows kernel skips zeros: it is a sparse variant
+    r = LayerRecord("a", (1, 8, 4, 4), (1, 8, 4, 4), (3, 3), 1, 100, 0.5, {**times, "cols(R=1,V=1)": 1.0},
+                    "cols(R=1,V=1)", "relu", 1, 4)
+    assert r.sparse_ms == 1.0  # so does the cols kernel
 
 
 def test_table_marks_the_layers_of_the_onnx_prefix():
     plan = {"plan": "onnxruntime->x", "plan_times_ms": {"onnxruntime->x": 1.5, "onnxruntime": 2.0},
-            "onnxruntime_layers": ["a"]}
+            "plan_confirm_ms": {"onnxruntime->x": 1.6, "onnxruntime": 2.1}, "onnxruntime_layers": ["a"]}
     p = layers.Profile("m", 1, 2, 1, [
         _record("a", 100, 0.5, 2.0, 3.0, "dense(R=8,V=3)"),
         _record("b", 300, 0.9, 4.0, 1.0, "sparse(R=1,V=4)"),
@@ -45,6 +48,7 @@ def test_table_marks_the_layers_of_the_onnx_prefix():
     assert "| dense(R=8,V=3); runs in ONNX Runtime | 1.00x |" in table
     assert "| sparse(R=1,V=4) | 4.00x |" in table  # after the cut: our kernel
     assert "onnxruntime->x 1.500, onnxruntime 2.000. Chosen: **onnxruntime->x**" in table
+    assert "twice as long: onnxruntime->x 1.600, onnxruntime 2.100." in table
 
 
 def test_cli_writes_table_and_plot_and_refuses_to_overwrite(tmp_path, capsys):

@@ -172,7 +172,8 @@ def choose_plan(times: dict[str, float]) -> str:
 def plan_hybrid(model: nn.Module, example: torch.Tensor, threads: int, rounds: int = PLAN_ROUNDS,
                 use_cache: bool = True) -> tuple[Plan, dict]:
     """Build every plan, time them round-robin on ``example`` and return the fastest (``choose_plan``) with the
-    facts of the choice.
+    facts of the choice. A plan that beat ONNX Runtime is timed against it once more, alternately and twice as
+    long, and kept only if it wins that too (``plan_confirm_ms``).
 
     The choice is cached on disk beside the per-layer ones (``EngineSettings.cache_dir``), keyed by the
     model's weights, batch shape, threads, CPU, kernel source and ONNX Runtime version; a cached choice
@@ -185,6 +186,7 @@ def plan_hybrid(model: nn.Module, example: torch.Tensor, threads: int, rounds: i
     plans, facts = build_plans(model, example, threads, only=cached)
     example = example.detach().cpu().float().contiguous()
     from_cache = cached in plans
+    confirm: dict[str, float] = {}
     if from_cache:
         best, times = plans[cached], {}
     else:
@@ -192,7 +194,13 @@ def plan_hybrid(model: nn.Module, example: torch.Tensor, threads: int, rounds: i
             # one untimed call before each timed one: the previous plan's threads must not be what is timed
             ops = {name: (lambda f=p.run: f(example)) for name, p in plans.items()}
             times = time_ops(ops, rounds, PLAN_GIVE_UP, settle=1, keep=(ORT,))
-        best = plans[choose_plan(times)]
+            first = choose_plan(times)
+            if first != ORT and ORT in ops:
+                # the winner against ONNX Runtime again, alternately and twice as long: at 50% sparsity, batch 1,
+                # a prefix plan timed 8.5 ms against ONNX Runtime's 9.3 in one round of six, and the A/B then
+                # measured it at 9.5 against 8.4; a lucky spell must not decide the plan
+                confirm = time_ops({first: ops[first], ORT: ops[ORT]}, 2 * rounds, None, settle=1)
+        best = plans[choose_plan(confirm) if confirm else choose_plan(times)]
         if key:
             cache = ChoiceCache(EngineSettings())  # read again: the engines wrote their choices meanwhile
             cache.put(key, best.name)
@@ -202,6 +210,7 @@ def plan_hybrid(model: nn.Module, example: torch.Tensor, threads: int, rounds: i
         "plan": best.name,
         "plan_cached": from_cache,
         "plan_times_ms": {k: round(v, 4) for k, v in sorted(times.items(), key=lambda kv: kv[1])},
+        "plan_confirm_ms": {k: round(v, 4) for k, v in sorted(confirm.items(), key=lambda kv: kv[1])},
         "onnxruntime_layers": best.onnx_layers,
     }
     if best.engine is not None:
