@@ -27,7 +27,7 @@ from torch import nn
 from bench.backends import Backend, Prepared
 
 PLAN_ROUNDS = 6  # timed calls of each plan (round-robin; the fastest counts)
-PLAN_VERSION = 2  # bump when plans are built or timed differently: cached plan choices are then ignored
+PLAN_VERSION = 3  # bump when plans are built or timed differently: cached plan choices are then ignored
 PLAN_GIVE_UP = 1.25  # after two rounds, plans slower than this times the best stop being timed (ONNX Runtime's never)
 # a plan replaces the whole model in ONNX Runtime only when it timed at least this much faster: a near tie is
 # noise (at 50% sparsity, batch 1, a prefix plan timed 10.3 ms against ONNX Runtime's 15.6 in a slow spell of
