@@ -243,3 +243,22 @@ def test_variants_are_timed_round_robin_and_slow_ones_dropped():
     calls.clear()
     time_ops({"fast": op("fast", 0.001), "slow": op("slow", 0.02)}, rounds=4, keep=("slow",))
     assert calls.count("slow") == 5  # a baseline is timed every round, however slow it looks
+
+
+def test_a_pause_keeps_one_ops_lingering_threads_off_the_next():
+    import time
+
+    from bench.kernels.engine import time_ops
+
+    last = {"end": 0.0}
+
+    def spinner():  # like ONNX Runtime: its threads go on spinning for a while after the call returns
+        time.sleep(0.001)
+        last["end"] = time.perf_counter()
+
+    def victim():  # slowed while they do
+        time.sleep(0.01 if time.perf_counter() - last["end"] < 0.02 else 0.001)
+
+    ops = {"spinner": spinner, "victim": victim}
+    assert time_ops(ops, rounds=3, give_up=None)["victim"] > 5
+    assert time_ops(ops, rounds=3, give_up=None, pause=0.03)["victim"] < 5

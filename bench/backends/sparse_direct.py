@@ -27,12 +27,16 @@ from torch import nn
 from bench.backends import Backend, Prepared
 
 PLAN_ROUNDS = 6  # timed calls of each plan (round-robin; the fastest counts)
-PLAN_VERSION = 3  # bump when plans are built or timed differently: cached plan choices are then ignored
+PLAN_VERSION = 4  # bump when plans are built or timed differently: cached plan choices are then ignored
 PLAN_GIVE_UP = 1.25  # after two rounds, plans slower than this times the best stop being timed (ONNX Runtime's never)
 # a plan replaces the whole model in ONNX Runtime only when it timed at least this much faster: a near tie is
 # noise (at 50% sparsity, batch 1, a prefix plan timed 10.3 ms against ONNX Runtime's 15.6 in a slow spell of
 # the machine, after which ONNX Runtime stopped being timed; the A/B then measured it 0.93x of ONNX Runtime)
 PLAN_MARGIN = 1.05
+# sleep before each plan's calls while timing: ONNX Runtime's threads spin on after a call of the whole model in
+# it, and a plan of ours timed right after ran 1.5-1.8x slower than after a pause (synthetic:0.9, batch 1:
+# 8.7-14.6 ms against 5.8-8.1, alternating with ONNX Runtime); the A/B pauses 50 ms before each block too
+PLAN_PAUSE_S = 0.05
 OWN = "sparse-direct-kernels"  # plan name: the whole model in our kernels
 ORT = "onnxruntime"  # plan name: the whole model in ONNX Runtime
 
@@ -193,13 +197,13 @@ def plan_hybrid(model: nn.Module, example: torch.Tensor, threads: int, rounds: i
         with torch.inference_mode():
             # one untimed call before each timed one: the previous plan's threads must not be what is timed
             ops = {name: (lambda f=p.run: f(example)) for name, p in plans.items()}
-            times = time_ops(ops, rounds, PLAN_GIVE_UP, settle=1, keep=(ORT,))
+            times = time_ops(ops, rounds, PLAN_GIVE_UP, settle=1, keep=(ORT,), pause=PLAN_PAUSE_S)
             first = choose_plan(times)
             if first != ORT and ORT in ops:
                 # the winner against ONNX Runtime again, alternately and twice as long: at 50% sparsity, batch 1,
                 # a prefix plan timed 8.5 ms against ONNX Runtime's 9.3 in one round of six, and the A/B then
                 # measured it at 9.5 against 8.4; a lucky spell must not decide the plan
-                confirm = time_ops({first: ops[first], ORT: ops[ORT]}, 2 * rounds, None, settle=1)
+                confirm = time_ops({first: ops[first], ORT: ops[ORT]}, 2 * rounds, None, settle=1, pause=PLAN_PAUSE_S)
         best = plans[choose_plan(confirm) if confirm else choose_plan(times)]
         if key:
             cache = ChoiceCache(EngineSettings())  # read again: the engines wrote their choices meanwhile

@@ -280,7 +280,7 @@ class Engine:
 
 
 def time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | None = 3.0,
-             settle: int = 0, keep: tuple[str, ...] = ()) -> dict[str, float]:
+             settle: int = 0, keep: tuple[str, ...] = (), pause: float = 0.0) -> dict[str, float]:
     """The fastest call of each op in ms, timed round-robin: one call of each op per round, after a
     warm-up call each (the first call of an op can be many times slower).
 
@@ -291,8 +291,9 @@ def time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | N
     far stop being timed (they will not be chosen), which keeps preparing quick. ``settle``
     untimed calls precede each timed one: where the ops are whole engines whose threads
     linger after a call (spinning, waking), the first call after a switch pays for the
-    previous op's threads, which a run of one op alone does not. Ops named in ``keep`` (a
-    baseline) are timed every round however slow they look.
+    previous op's threads, which a run of one op alone does not. ``pause`` seconds of sleep
+    precede each op's calls, for threads that keep spinning for longer than a call (ONNX
+    Runtime's). Ops named in ``keep`` (a baseline) are timed every round however slow they look.
     """
     for op in ops.values():
         op()
@@ -300,6 +301,8 @@ def time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | N
     alive = list(ops)
     for k in range(rounds):
         for name in alive:
+            if pause:
+                time.sleep(pause)
             for _ in range(settle):
                 ops[name]()
             t = time.perf_counter()
