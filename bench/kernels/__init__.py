@@ -22,8 +22,9 @@ output channel's nonzeros grouped by kernel row, so the 2-3 nonzero taps of a
 row share the vectors they load; see ``PackedRows``), "cols" (one picture
 whose output plane is whole vectors, such as 4x4: each input channel's taps
 are first gathered into a compact buffer, so a nonzero costs one aligned run
-of vectors with no lanes on borders) and "torch" (torch's conv2d). Several images per pass can also split the input channels into chunks
-and the positions into blocks, so that what a pass reads stays in cache, and
+of vectors with no lanes on borders) and "torch" (torch's conv2d). Several
+images per pass can also split the input channels into chunks and the
+positions into blocks, so that what a pass reads stays in cache, and
 run tile-major (``tiles``): each tile of positions runs every output channel
 while its inputs stay in L1, instead of each output channel sweeping every
 position.
@@ -522,7 +523,8 @@ class ConvOp:
             return
         if variant.kind == "cols":
             if not cols_fit(geom):
-                raise PruneBenchError("the cols kernel takes one picture whose output plane is whole vectors (at most 1024 positions)")
+                raise PruneBenchError("the cols kernel takes one picture whose output plane is whole vectors, at most "
+                                      f"{COLS_MAX_POSITIONS} positions, and whose gathered taps fit {COLS_MAX_BYTES // 1024} KiB")
             i, o = geom.inp, geom.out
             kh, kw = geom.kernel
             positions = o.H * o.W

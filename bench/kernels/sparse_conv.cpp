@@ -503,6 +503,7 @@ void conv_rows(int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, in
 // borders or wrap-around (a 4x4 plane in the layout is 2 vectors for 16 outputs), and loads that never split a
 // cache line. Then each output channel is the per-weight tile over col, scattered into the layout's interior.
 // Weights: PackedWeights with R = 1 and src[k] = (ci * KK + tap) * P.
+
 // hout rows of wout values, every s-th of each s-th input row, into d; fixed-size copies for the common widths
 // (a memcpy call per 4-float row cost more than the whole convolution's multiply-adds on a 4x4 plane)
 template <int W, int S>
