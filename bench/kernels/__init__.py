@@ -379,6 +379,11 @@ class PackedWeights:
         ci = channel.expand(groups, k)[keep].contiguous()
         return cls(R, gptr, src, val, b.contiguous(), cout, ci)
 
+    @classmethod
+    def pack_cols(cls, weight: torch.Tensor, bias: torch.Tensor | None, geom: "ConvGeometry"):
+        """The nonzeros with offsets into the cols kernel's gathered taps (``cols_offsets``), one channel per group."""
+        return dataclasses.replace(cls.pack(weight, bias, cols_offsets(geom), 1), cols=True)
+
     @property
     def nbytes(self) -> int:
         """Bytes of the packed weights (offsets, values, group pointers, bias) as the kernel reads them."""
@@ -532,7 +537,7 @@ class ConvOp:
                 raise PruneBenchError(f"the cols kernel's tile of {variant.V} vectors does not divide a plane of "
                                       f"{positions} positions into whole tiles")
             if packed is None or not packed.cols:
-                packed = dataclasses.replace(PackedWeights.pack(self.weight, self.bias, cols_offsets(geom), 1), cols=True)
+                packed = PackedWeights.pack_cols(self.weight, self.bias, geom)
             self.packed = p = packed
             self.col = torch.empty(i.C * kh * kw * positions)  # the gathered taps (torch aligns it to 64 bytes)
             self._args = (

@@ -39,7 +39,6 @@ from bench.kernels import (
     PackedWeights,
     Variant,
     candidate_variants,
-    cols_offsets,
     dense_nbytes,
     from_act,
     global_avg_pool,
@@ -410,8 +409,7 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
     cache = ChoiceCache(settings)
     env: dict[fx.Node, Any] = {}
     masks: dict[Act, torch.Tensor] = {}
-    shared_phases: dict[tuple, torch.Tensor] = {}  # one set of phase planes per (input, stride, output pitch)
-    phase_steps: dict[tuple, _PhaseStep] = {}
+    phase_steps: dict[tuple, _PhaseStep] = {}  # one set of phase planes per (input, stride, output pitch)
 
     def shape_of(node: fx.Node) -> tuple[int, ...]:
         meta = node.meta.get("tensor_meta")
@@ -466,12 +464,12 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
         phases = None
         if not geom.direct:
             key_p = (id(p.inp.buf), geom.stride, geom.out.pitch, geom.phase_rows)
-            phases = shared_phases.get(key_p)
-            if phases is None:
-                phases = shared_phases[key_p] = geom.alloc_phases()
-                geom.fill_phases(p.inp.buf, phases, threads)  # the variants timed below may read them
-                phase_steps[key_p] = _PhaseStep(geom, p.inp.buf, phases, threads)
-                engine.steps.append(phase_steps[key_p])
+            step = phase_steps.get(key_p)
+            if step is None:
+                step = phase_steps[key_p] = _PhaseStep(geom, p.inp.buf, geom.alloc_phases(), threads)
+                step()  # the variants timed below may read them
+                engine.steps.append(step)
+            phases = step.phases
         res = p.residual.buf if p.residual is not None else None
         weight = conv.weight.detach()
         density = float((weight != 0).float().mean())
@@ -491,8 +489,7 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
                 packed = packs[("rows", v.chunk)]
             elif v.kind == "cols":
                 if "cols" not in packs:
-                    packs["cols"] = dataclasses.replace(
-                        PackedWeights.pack(weight, conv.bias, cols_offsets(geom), 1), cols=True)
+                    packs["cols"] = PackedWeights.pack_cols(weight, conv.bias, geom)
                 packed = packs["cols"]
             elif v.kind != "torch":
                 dense = v.kind in ("dense", "channels")
@@ -528,7 +525,7 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
             cache.put(key, str(chosen))
         op = make(chosen)
         if phases is not None and chosen.kind not in READS_INPUT:
-            phase_steps[key_p].used = True
+            step.used = True
         engine.steps.append(op)
         if progress:
             progress(p.name)
