@@ -166,8 +166,7 @@ def plot(p: Profile, path: Path) -> None:
     ax.bar([i - width / 2 for i in x], dense, width, label="dense (best)", color="#8c8c8c")
     ax.bar([i + width / 2 for i in x], sparse, width, label="sparse (best)", color="#1f77b4")
     for i, r in enumerate(p.layers):
-        chosen_sparse = r.choice.startswith(("sparse", "grouped"))  # else a dense variant
-        ax.plot(i + (width / 2 if chosen_sparse else -width / 2), r.times_ms[r.choice] * 1.12, "v", color="#d62728",
+        ax.plot(i + (width / 2 if r.chosen_sparse else -width / 2), r.times_ms[r.choice] * 1.12, "v", color="#d62728",
                 markersize=6, label="chosen" if i == 0 else None)
     ax.set_yscale("log")
     ax.set_ylabel("ms per call (log)")

@@ -246,6 +246,65 @@ def test_cols_kernel_is_offered_for_small_pictures_only():
         sparse_conv2d(torch.randn(2, 3, 4, 4), torch.randn(4, 3, 3, 3), padding=1, variant=Variant("cols", 1, 1))
 
 
+# the stack kernel: stride-1 3-high convolutions of one picture whose rows are whole vectors
+STACK = [Variant("stack", r, v) for r, v in K.STACK_TILES] + [Variant("stack", 4, 1, chunk=5, tiles=True),
+                                                            Variant("stack", 2, 2, chunk=3)]
+
+
+@pytest.mark.parametrize("variant", STACK, ids=str)
+@pytest.mark.parametrize("h, w", [(32, 32), (16, 16), (7, 16), (5, 32), (1, 16)])  # 7, 5, 1: a last, shorter band
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.95, 1.0])
+def test_stack_kernel_matches_conv2d(variant, h, w, sparsity):
+    g = torch.Generator().manual_seed(int(sparsity * 100) + h + w)
+    x = torch.randn(1, 12, h, w, generator=g)
+    weight = torch.randn(20, 12, 3, 3, generator=g) * (torch.rand(20, 12, 3, 3, generator=g) >= sparsity)
+    bias = torch.randn(20, generator=g)
+    expected = F.conv2d(x, weight, bias, padding=1)
+    if (w // 16) % variant.V:
+        with pytest.raises(K.PruneBenchError, match="no stack kernel"):
+            sparse_conv2d(x, weight, bias, padding=1, variant=variant)
+        return
+    res = torch.randn(expected.shape, generator=g)
+    got = sparse_conv2d(x, weight, bias, padding=1, residual=res, relu=True, variant=variant, threads=2)
+    torch.testing.assert_close(got, (expected + res).relu(), atol=1e-4, rtol=1e-4)
+    # without the epilogue, and the border the next layer reads stays zero
+    inp = Act(12, h, w, 1, 1)
+    geom = ConvGeometry.make(inp, 20, (3, 3), 1, 1, out_border=1)
+    out = geom.out.alloc()
+    K.ConvOp(geom, weight, bias, variant, to_act(x, inp), out, None, None, False, 1)()
+    torch.testing.assert_close(from_act(out, geom.out), expected, atol=1e-4, rtol=1e-4)
+    assert out[:, geom.out.mask() == 0].abs().sum() == 0
+
+
+def test_stack_kernel_by_hand():
+    # a kernel column's top tap of 1 and bottom tap of -2 (one {0, 2} entry), a 3 x 16 ramp:
+    # out[y, x] = x[y - 1, x] - 2 x[y + 1, x] + 0.5, zero beyond the top and bottom rows
+    x = torch.arange(48.0).view(1, 1, 3, 16)
+    w = torch.zeros(1, 1, 3, 3)
+    w[0, 0, 0, 1], w[0, 0, 2, 1] = 1.0, -2.0
+    up, down = torch.zeros_like(x), torch.zeros_like(x)
+    up[..., 1:, :], down[..., :2, :] = x[..., :2, :], x[..., 1:, :]
+    for variant in (Variant("stack", 2, 1), Variant("stack", 4, 1), Variant("stack", 3, 1, tiles=True)):
+        y = sparse_conv2d(x, w, torch.tensor([0.5]), padding=1, variant=variant)
+        assert torch.equal(y, up - 2 * down + 0.5), str(variant)
+
+
+def test_stack_kernel_is_offered_for_one_picture_of_whole_vector_rows():
+    def offered(n, c, hw, stride=1, kernel=(3, 3)):
+        geom = ConvGeometry.make(Act(c, hw, hw, n, 1), c, kernel, stride, kernel[0] // 2, 1)
+        return [v for v in K.candidate_variants(geom, 0.5, threads=2) if v.kind == "stack"]
+
+    assert {(v.R, v.V) for v in offered(1, 64, 32)} == set(K.stack_tiles(
+        ConvGeometry.make(Act(64, 32, 32, 1, 1), 64, (3, 3), 1, 1, 1)))
+    assert {v.chunk for v in offered(1, 64, 32)} == {0, 16, 32}  # chunks smaller than the 64 input channels
+    assert all(v.V == 1 for v in offered(1, 128, 16))  # a 16-wide row is one vector
+    assert offered(1, 256, 8) == [] and offered(1, 512, 4) == []  # rows of half a vector: cols or the layout's
+    assert offered(16, 64, 32) == []  # 16 images: the rows kernel shares the loads of a kernel row instead
+    assert offered(1, 64, 32, stride=2) == [] and offered(1, 64, 32, kernel=(1, 1)) == []
+    with pytest.raises(K.PruneBenchError, match="stack kernel"):
+        sparse_conv2d(torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3), padding=1, variant=Variant("stack", 4, 1))
+
+
 def test_padding_larger_than_border_is_refused():
     with pytest.raises(K.PruneBenchError, match="border"):
         ConvGeometry.make(Act(3, 8, 8, 1, 1), 4, (5, 5), 1, 2, 1)
@@ -286,8 +345,9 @@ def test_matches_conv2d_on_random_shapes(n, cin, cout, h, w, k, stride, padding,
 def test_candidates_are_all_compiled(n, c, hw, density):
     geom = ConvGeometry.make(Act(c, hw, hw, n, 1), c, (3, 3), 1, 1, 1)
     variants = K.candidate_variants(geom, density, threads=2, everything=True)
-    assert variants and all(v.kind in ("torch", "channels") or (v.V in K.COLS_V if v.kind == "cols" else (v.R, v.V) in KERNELS)
-                            for v in variants)
+    compiled = {"cols": lambda v: v.V in K.COLS_V, "stack": lambda v: (v.R, v.V) in K.STACK_TILES,
+                "torch": lambda v: True, "channels": lambda v: True}
+    assert variants and all(compiled.get(v.kind, lambda v: (v.R, v.V) in KERNELS)(v) for v in variants)
     assert any(v.kind in ("dense", "torch") for v in variants)
 
 
@@ -383,6 +443,9 @@ def test_register_budget_of_the_tiles():
     assert {(1, 1), (1, 6), (2, 2), (3, 2), (4, 1), (6, 1)} <= fits8
     assert not fits8 & {(1, 8), (4, 2), (8, 1), (4, 6), (12, 2)}
     assert [v for v in ROWS_V if K.fits_registers("rows", 1, v, 8)] == [2, 4]  # 2V + 3 + 2 of 16 ymm
+    # the stack kernel: R x V accumulators, one input, a column's 3 weights (2 vectors' worth on AVX2)
+    assert {t for t in K.STACK_TILES if K.fits_registers("stack", *t, 8)} == {(2, 1), (3, 1), (4, 1), (5, 1), (2, 2)}
+    assert all(K.fits_registers("stack", *t, 32) for t in K.STACK_TILES)
     assert K.vector_registers() in (8, 32)
 
 
@@ -395,5 +458,5 @@ def test_only_tiles_that_fit_are_offered(monkeypatch, regs, n, hw, density):
     variants = K.candidate_variants(geom, density, threads=2, everything=True)
     assert any(v.kind in ("dense", "torch") for v in variants)
     for v in variants:
-        if v.kind in ("sparse", "grouped", "dense", "rows"):
+        if v.kind in ("sparse", "grouped", "dense", "rows", "stack"):
             assert v.V == 1 or K.fits_registers(v.kind, v.R, v.V, regs), str(v)

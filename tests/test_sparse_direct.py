@@ -117,6 +117,22 @@ def test_phase_planes_are_filled_only_for_variants_that_read_them(force):
         torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=1e-5, msg=f"activation {name}")
 
 
+def test_one_picture_through_the_stack_kernel():
+    # a 32x32 picture: the stride-1 3x3 convs with nonzeros (32x32 and 16x16 outputs) take the stack kernel,
+    # with and without input chunks; the rest are timed as usual, and every intermediate still matches
+    model = tiny_model(seed=4)
+    stacked = {"conv1": "stack(R=4,V=1)", "layer1.conv2": "stack(R=5,V=1,tiles)",
+               "layer2.conv2": "stack(R=4,V=1)"}
+    engine = compile_model(model, torch.randn(1, 3, 32, 32), threads=2, settings=no_cache(), choices=stacked)
+    assert {k: v for k, v in engine.choices().items() if k in stacked} == stacked
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        torch.testing.assert_close(engine.run(x), model(x), atol=1e-5, rtol=1e-5)
+    reference = node_values(model, x)
+    for name, value in engine.features(x).items():
+        torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=1e-5, msg=f"activation {name}")
+
+
 def test_outputs_depend_on_the_input():
     model = tiny_model(seed=3)
     engine = compile_model(model, torch.randn(4, 3, 12, 12), threads=1, settings=no_cache())

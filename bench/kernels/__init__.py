@@ -123,11 +123,14 @@ def fits_registers(kind: str, R: int, V: int, regs: int | None = None) -> bool:
     Live values: the accumulators (times the C++'s U independent sets for small
     tiles), one input vector and one broadcast weight; the rows kernel keeps its V
     accumulators, one input vector and the 3 broadcast weights of a kernel row (a
-    broadcast is one ymm, half a vector, on AVX2).
+    broadcast is one ymm, half a vector, on AVX2); the stack kernel R x V accumulators
+    (R output rows), one input vector and a kernel column's 3 weights.
     """
     regs = vector_registers() if regs is None else regs
     if kind == "rows":
         return V + 1 + (3 if regs >= 32 else 2) <= regs
+    if kind == "stack":  # R rows x V vectors of accumulators, one input vector, a kernel column's 3 weights
+        return R * V + 1 + (3 if regs >= 32 else 2) <= regs
     rv = R * V
     if regs >= 32:
         u = 1 if rv >= 8 else (2 if rv >= 4 else 4)
@@ -418,7 +421,7 @@ class PackedRows:
     def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, chunk: int = 0):
         cout, cin, kh, kw = weight.shape
         if kw != 3:
-            raise PruneBenchError("the rows kernel takes 3-wide kernels")
+            raise PruneBenchError("the rows kernel takes 3-wide kernels (the stack kernel 3-high ones)")
         chunk = chunk if chunk and chunk < cin else cin
         nchunks = -(-cin // chunk)
         w = weight.detach().float()
@@ -452,6 +455,12 @@ class PackedRows:
         b = torch.zeros(cout) if bias is None else bias.detach().float().clone()
         return cls(rptr, vptr, src, val, b.contiguous(), cout, nchunks)
 
+    @classmethod
+    def pack_stack(cls, weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, chunk: int = 0):
+        """For the "stack" kernel: entries are kernel columns, the rows packing of the transposed kernel
+        (taps ky = 0, 1, 2 of one (input channel, kx), ``src`` the offset of the first nonzero one)."""
+        return cls.pack(weight.transpose(2, 3), bias, offsets.transpose(1, 2), chunk)
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.rptr, self.vptr, self.src, self.val, self.bias))
@@ -467,8 +476,9 @@ def dense_nbytes(weight: torch.Tensor, bias_len: int) -> int:
 class Variant:
     """How one convolution is computed: ``kind`` is "sparse" (R=1), "grouped" (R>1, union pattern),
     "dense" (every weight, own kernel), "channels" (every weight, 16 output channels per vector: for
-    small images), "rows" (16 images: a kernel row's taps share their loads), "cols" (one small
-    picture over its gathered taps) or "torch" (torch's dense conv2d on a view of the layout)."""
+    small images), "rows" (16 images: a kernel row's taps share their loads), "stack" (one picture whose
+    width is whole vectors: a kernel column's taps share their loads across R output rows), "cols" (one
+    small picture over its gathered taps) or "torch" (torch's dense conv2d on a view of the layout)."""
 
     kind: str
     R: int = 1
@@ -549,6 +559,23 @@ class ConvOp:
             self._call = self._kernel
             return
         o = geom.out
+        if variant.kind == "stack":
+            if not stack_fit(geom):
+                raise PruneBenchError("the stack kernel takes stride-1 3-high convolutions of one picture whose "
+                                      "width is a multiple of 16")
+            if (variant.R, variant.V) not in STACK_TILES or (o.W // VEC) % variant.V:
+                raise PruneBenchError(f"no stack kernel of {variant.R} rows x {variant.V} vectors for a row of {o.W}")
+            if not isinstance(packed, PackedRows):
+                packed = PackedRows.pack_stack(self.weight, self.bias, geom.tap_offsets(), variant.chunk)
+            self.packed = p = packed
+            self._args = (
+                variant.R, variant.V, src_buf.data_ptr(), out.data_ptr(), out.stride(0), p.cout, t0, o.H, o.W,
+                o.pitch, p.rptr.data_ptr(), p.vptr.data_ptr(), p.nchunks, p.src.data_ptr(), p.val.data_ptr(),
+                p.bias.data_ptr(), res_ptr, res_stride, relu, variant.tiles, threads,
+            )
+            self._conv = kernel_module().conv_stack
+            self._call = self._kernel
+            return
         # with whole vectors per image row, skip the wrap-around positions between rows instead of masking them
         row_len = o.W * o.N if (o.W * o.N) % VEC == 0 and o.N > 1 else 0
         if variant.kind == "rows":
@@ -637,6 +664,26 @@ def rows_fit(geom: ConvGeometry) -> bool:
     return geom.direct and geom.kernel[1] == 3 and geom.inp.N == VEC
 
 
+STACK_TILES = ((2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (8, 1), (2, 2), (4, 2), (6, 2))  # (rows, V) compiled
+
+
+def stack_fit(geom: ConvGeometry) -> bool:
+    """Whether the stack kernel applies: a stride-1 3-high conv of one picture whose rows are whole vectors."""
+    return geom.direct and geom.kernel[0] == 3 and geom.inp.N == 1 and geom.out.W % VEC == 0
+
+
+def stack_tiles(geom: ConvGeometry, regs: int | None = None) -> list[tuple[int, int]]:
+    """The stack kernel's (rows, V) tiles worth timing: the two tallest one vector wide and the tallest two
+    wide that fit the registers and the plane (on AVX2: 5 and 4 rows, 2 x 2; one thread, 64 channels 32x32 at
+    50%: 0.66 ms with 4 rows, 0.72 with 6, which spill, 0.79 with 2 x 2, against 0.84 for the per-weight kernel)."""
+    regs = vector_registers() if regs is None else regs
+    fit = [t for t in STACK_TILES if (geom.out.W // VEC) % t[1] == 0 and t[0] <= geom.out.H
+           and fits_registers("stack", t[0], t[1], regs)]
+    one = sorted(t[0] for t in fit if t[1] == 1)[-2:]
+    two = sorted(t[0] for t in fit if t[1] == 2)[-1:]
+    return [(r, 1) for r in one] + [(r, 2) for r in two]
+
+
 def candidate_variants(geom: ConvGeometry, density: float, threads: int = 1, everything: bool = False) -> list[Variant]:
     """The variants worth timing for this layer: sparse tilings, grouped, dense, torch.
 
@@ -683,6 +730,9 @@ def candidate_variants(geom: ConvGeometry, density: float, threads: int = 1, eve
                     for c in tile_chunks]
         if cols_fit(geom):
             out.append(Variant("cols", 1, cols_tile(geom)))
+        if stack_fit(geom):
+            out += [Variant("stack", r, v, 0, c, order) for r, v in stack_tiles(geom, regs)
+                    for c in [0] + [c for c in (16, 32, 64) if c < cin] for order in (False, True)]
         if density > 0.1:
             out += [Variant("grouped", 4, widest(4, vectors), blocks[-1], c) for c in chunks[:2]]
     else:

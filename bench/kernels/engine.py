@@ -66,6 +66,10 @@ class EngineSettings:
     time_everything: bool = False  # also time the dense variants of very sparse layers (per-layer profiles)
 
 
+SPARSE_KINDS = ("sparse", "grouped", "rows", "stack", "cols")  # variants that skip zero weights
+DENSE_KINDS = ("dense", "torch", "channels")  # variants that compute every weight
+
+
 @dataclasses.dataclass
 class LayerRecord:
     """One convolution as the engine runs it: its shape, sparsity, timings and the variant chosen."""
@@ -85,14 +89,19 @@ class LayerRecord:
 
     @property
     def sparse_ms(self) -> float | None:
-        """The fastest variant that skips zero weights (sparse, grouped, rows, cols)."""
-        t = [v for k, v in self.times_ms.items() if k.startswith(("sparse", "grouped", "rows", "cols"))]
+        """The fastest variant that skips zero weights (``SPARSE_KINDS``)."""
+        t = [v for k, v in self.times_ms.items() if k.startswith(SPARSE_KINDS)]
         return min(t) if t else None
+
+    @property
+    def chosen_sparse(self) -> bool:
+        """Whether the chosen variant skips zero weights."""
+        return self.choice.startswith(SPARSE_KINDS)
 
     @property
     def dense_ms(self) -> float | None:
         """The fastest variant that computes every weight (our dense kernels, torch's conv2d)."""
-        t = [v for k, v in self.times_ms.items() if k.startswith(("dense", "torch", "channels"))]
+        t = [v for k, v in self.times_ms.items() if k.startswith(DENSE_KINDS)]
         return min(t) if t else None
 
 
@@ -487,6 +496,10 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
                 if ("rows", v.chunk) not in packs:
                     packs[("rows", v.chunk)] = PackedRows.pack(weight, conv.bias, offsets, v.chunk)
                 packed = packs[("rows", v.chunk)]
+            elif v.kind == "stack":
+                if ("stack", v.chunk) not in packs:
+                    packs[("stack", v.chunk)] = PackedRows.pack_stack(weight, conv.bias, offsets, v.chunk)
+                packed = packs[("stack", v.chunk)]
             elif v.kind == "cols":
                 if "cols" not in packs:
                     packs["cols"] = PackedWeights.pack_cols(weight, conv.bias, geom)

@@ -427,6 +427,120 @@ static void run_rows(const float* in, float* out, int64_t ostride, int64_t cout,
     });
 }
 
+// ---- "stack": one picture, the rows trick turned on its side. In one picture's layout the taps kx of a kernel
+// row are one float apart (no whole-vector shifts to share), but the taps ky = 0, 1, 2 of a kernel column are one
+// row (pitch) apart: a tile of RR output rows x V vectors loads each of its RR + 2 input rows once and multiplies
+// it into every output row it reaches, so a column with two or three nonzeros costs (RR + 1) V or (RR + 2) V
+// loads for 2 RR V or 3 RR V multiply-adds (one entry per weight costs one load for each). The weights are
+// PackedRows of the transposed kernel: an entry is one (input channel, kx) column of one output channel, its
+// src the offset of its first nonzero tap, in the same four classes. Rows of whole vectors only (W a multiple
+// of 16): a tile never reaches past its row's image part, so tiles of neighbouring rows never overlap.
+template <int RR, int V, int NT, int GAP>
+static inline void stack_entries(const float* in, vf (*acc)[V], int64_t t, int64_t pitch, const int32_t* src,
+                                 const float* val, int64_t kb, int64_t ke) {
+    constexpr int SPAN = (NT - 1) * GAP + RR;  // input rows one entry loads
+    if (kb == ke) return;
+    // a local copy the loop keeps in registers: GCC kept `acc` itself in memory, a load and a store around
+    // every multiply-add (a 4-row tile ran at half the speed of a 2-row one)
+    vf a[RR][V];
+#pragma GCC unroll 16
+    for (int r = 0; r < RR; r++)
+#pragma GCC unroll 16
+        for (int v = 0; v < V; v++) a[r][v] = acc[r][v];
+    for (int64_t k = kb; k < ke; k++) {
+        const float* p = in + src[k] + t;
+        const float* w = val + (k - kb) * NT;
+        vf wj[NT];
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; j++) wj[j] = bc(w[j]);
+#pragma GCC unroll 16
+        for (int i = 0; i < SPAN; i++)
+#pragma GCC unroll 16
+            for (int v = 0; v < V; v++) {
+                const vf x = ld(p + i * pitch + 16 * v);  // one input vector live at a time, as in the rows kernel
+#pragma GCC unroll 4
+                for (int j = 0; j < NT; j++) {
+                    const int r = i - j * GAP;
+                    if (r >= 0 && r < RR) a[r][v] += wj[j] * x;
+                }
+            }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < RR; r++)
+#pragma GCC unroll 16
+        for (int v = 0; v < V; v++) acc[r][v] = a[r][v];
+}
+
+template <int RR, int V>
+static inline void stack_tile(const float* in, float* outp, int64_t t, int64_t pitch, const int32_t* src,
+                              const float* val, const int64_t* rp, const int64_t* vp, float bias, const float* resp,
+                              bool relu, bool first, bool last) {
+    vf acc[RR][V];
+    for (int r = 0; r < RR; r++)
+        for (int v = 0; v < V; v++) acc[r][v] = first ? bc(bias) : ld(outp + t + r * pitch + 16 * v);
+    stack_entries<RR, V, 1, 1>(in, acc, t, pitch, src, val + vp[0], rp[0], rp[1]);
+    stack_entries<RR, V, 2, 1>(in, acc, t, pitch, src, val + vp[1], rp[1], rp[2]);
+    stack_entries<RR, V, 2, 2>(in, acc, t, pitch, src, val + vp[2], rp[2], rp[3]);
+    stack_entries<RR, V, 3, 1>(in, acc, t, pitch, src, val + vp[3], rp[3], rp[4]);
+    for (int r = 0; r < RR; r++)
+        for (int v = 0; v < V; v++) {
+            vf y = acc[r][v];
+            const int64_t q = t + r * pitch + 16 * v;
+            if (last) {  // every position of the tile is an image position: no mask
+                if (resp) y += ld(resp + q);
+                if (relu) y = relu0(y);
+            }
+            st(outp + q, y);
+        }
+}
+
+// the last band of a plane whose height is not a multiple of RR: its `rows` rows with the widest tile that fits
+template <int RR, int V>
+static void stack_band(int64_t rows, const float* in, float* outp, int64_t t, int64_t pitch, const int32_t* src,
+                       const float* val, const int64_t* rp, const int64_t* vp, float bias, const float* resp,
+                       bool relu, bool first, bool last) {
+    if constexpr (RR > 1) {
+        if (rows < RR)
+            return stack_band<RR - 1, V>(rows, in, outp, t, pitch, src, val, rp, vp, bias, resp, relu, first, last);
+    }
+    stack_tile<RR, V>(in, outp, t, pitch, src, val, rp, vp, bias, resp, relu, first, last);
+}
+
+// The plane's H rows in bands of RR, each row in W / (16 V) tiles. Channel-major (default): a unit is a range of
+// (band, output channel) items, run input chunk by input chunk; tile-major: a unit is a range of bands, and each
+// tile runs every output channel, chunk by chunk, while its input rows stay in L1 (as `drive` does).
+template <int RR, int V>
+static void run_stack(const float* in, float* out, int64_t ostride, int64_t cout, int64_t t0, int64_t H, int64_t W,
+                      int64_t pitch, const int64_t* rptr, const int64_t* vptr, int64_t nchunks, const int32_t* src,
+                      const float* val, const float* bias, const float* res, int64_t rstride, bool relu,
+                      bool tile_major, int nthreads) {
+    const int64_t nbands = (H + RR - 1) / RR, xtiles = W / (16 * V);
+    auto one = [&](int64_t band, int64_t x, int64_t g, int64_t c) {
+        const int64_t* rp = rptr + (g * nchunks + c) * 5;
+        const bool first = c == 0, last = c == nchunks - 1;
+        if (rp[0] == rp[4] && !first && !last) return;  // nothing to add from this chunk
+        const int64_t t = t0 + band * RR * pitch + x * 16 * V;
+        const float* resp = res ? res + g * rstride : nullptr;
+        stack_band<RR, V>(std::min<int64_t>(RR, H - band * RR), in, out + g * ostride, t, pitch, src, val, rp,
+                          vptr + (g * nchunks + c) * 4, bias[g], resp, relu, first, last);
+    };
+    const int64_t items = tile_major ? nbands : nbands * cout;
+    const int64_t units = std::min<int64_t>(items, 4 * std::max(1, nthreads));
+    pool().run(nthreads, units, [&](int64_t u) {
+        const int64_t lo = items * u / units, hi = items * (u + 1) / units;
+        if (tile_major) {
+            for (int64_t band = lo; band < hi; band++)
+                for (int64_t x = 0; x < xtiles; x++)
+                    for (int64_t c = 0; c < nchunks; c++)
+                        for (int64_t g = 0; g < cout; g++) one(band, x, g, c);
+            return;
+        }
+        for (int64_t c = 0; c < nchunks; c++)
+            for (int64_t item = lo; item < hi; item++)
+                for (int64_t x = 0; x < xtiles; x++) one(item / cout, x, item % cout, c);
+    });
+}
+
 // split an input of C planes (rows x pitch x n, flat) into s*s phase planes of prows x ppitch x n:
 // phase (a, b) of channel c holds input rows a, a+s, ... and columns b, b+s, ...; the rest stays zero
 void phases(int64_t in, int64_t istride, int64_t C, int64_t rows, int64_t pitch, int64_t n, int64_t s, int64_t out,
@@ -495,6 +609,22 @@ void conv_rows(int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, in
     throw std::invalid_argument("sparse_conv: no rows kernel for this V");
 }
 
+
+void conv_stack(int RR, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t H,
+                int64_t W, int64_t pitch, int64_t rptr, int64_t vptr, int64_t nchunks, int64_t src, int64_t val,
+                int64_t bias, int64_t res, int64_t rstride, bool relu, bool tile_major, int nthreads) {
+    if (W % 16 || (W / 16) % V) throw std::invalid_argument("sparse_conv: the stack kernel needs rows of whole tiles");
+#define PB_CALL(RRR, VV)                                                                                           \
+    if (RR == RRR && V == VV)                                                                                      \
+        return run_stack<RRR, VV>(ptr<const float*>(in), ptr<float*>(out), ostride, cout, t0, H, W, pitch,         \
+                                  ptr<const int64_t*>(rptr), ptr<const int64_t*>(vptr), nchunks,                   \
+                                  ptr<const int32_t*>(src), ptr<const float*>(val), ptr<const float*>(bias),       \
+                                  ptr<const float*>(res), rstride, relu, tile_major, nthreads);
+    PB_CALL(2, 1) PB_CALL(3, 1) PB_CALL(4, 1) PB_CALL(5, 1) PB_CALL(6, 1) PB_CALL(8, 1) PB_CALL(2, 2) PB_CALL(4, 2)
+    PB_CALL(6, 2)
+#undef PB_CALL
+    throw std::invalid_argument("sparse_conv: no stack kernel for this (rows, V)");
+}
 
 
 // ---- "cols": one picture whose output plane is whole vectors (8x8: 4, 4x4: 1). The taps of every input channel
@@ -739,6 +869,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("conv", &conv, release(), "sparse direct convolution over a flat zero-bordered layout (pointers as integers)");
     m.def("conv_rows", &conv_rows, release(), "sparse direct convolution with nonzeros grouped by kernel row");
     m.def("conv_cols", &conv_cols, release(), "sparse convolution of one small picture over its compact im2col");
+    m.def("conv_stack", &conv_stack, release(), "sparse convolution of one picture, a kernel column's taps sharing loads");
     m.def("conv_channels", &conv_channels, release(), "convolution with 16 output channels per vector (small images)");
     m.attr("vector_registers") = kVRegs;
     m.def("rest", [] { pool().rest(); }, "idle pool threads sleep at once until the next call (no spinning)");
