@@ -115,7 +115,8 @@ def format_table(p: Profile) -> str:
         _, ci, hi, wi = r.in_shape
         _, co, ho, wo = r.out_shape
         chosen = r.times_ms[r.choice]
-        label = f"{r.choice}; runs in ONNX Runtime" if r.name in in_ort else r.choice
+        label = r.choice + (" (in the pass)" if r.in_pass_ms and r.choice != min(r.times_ms, key=r.times_ms.get) else "")
+        label += "; runs in ONNX Runtime" if r.name in in_ort else ""
         lines.append(
             f"| {r.name} | {ci}x{hi}x{wi} -> {co}x{ho}x{wo} | {r.kernel[0]}x{r.kernel[1]}/{r.stride} | {r.macs:,} | "
             f"{r.sparsity:.1%} | {r.dense_ms:.3f} | {r.sparse_ms:.3f} | {label} | {r.dense_ms / chosen:.2f}x |"
@@ -135,6 +136,16 @@ def format_table(p: Profile) -> str:
         "16 channels, and torch's conv2d on the same layout); sparse = the fastest variant skipping zero weights; "
         "speedup = dense / chosen.",
     ]
+    refined = [r for r in p.layers if r.in_pass_ms]
+    if refined:
+        from bench.kernels.engine import REFINE_WITHIN
+
+        moved = sum(r.choice != min(r.times_ms, key=r.times_ms.get) for r in refined)
+        lines.append(
+            f"Chosen: the fastest alone, except where other variants timed within {REFINE_WITHIN:.2f}x of it: those "
+            f"were timed again inside the pass, each call after the layers before it ({len(refined)} layers; "
+            f"{moved} took another variant, marked \"in the pass\"; their times above are still those alone)."
+        )
     if p.plan:
         times = ", ".join(f"{name} {ms:.3f}" for name, ms in p.plan["plan_times_ms"].items())
         lines += [

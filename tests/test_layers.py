@@ -35,6 +35,22 @@ def test_every_kind_is_counted_as_dense_or_sparse():
     r = LayerRecord("a", (1, 8, 4, 4), (1, 8, 4, 4), (3, 3), 1, 100, 0.5, {**times, "cols(R=1,V=1)": 1.0},
                     "cols(R=1,V=1)", "relu", 1, 4)
     assert r.sparse_ms == 1.0  # so does the cols kernel
+    r = LayerRecord("a", (1, 8, 4, 4), (1, 8, 4, 4), (3, 3), 1, 100, 0.5, {**times, "stack(R=4,V=1)": 1.5},
+                    "stack(R=4,V=1)", "relu", 1, 4)
+    assert r.sparse_ms == 1.5 and r.chosen_sparse  # and the stack kernel
+    assert not LayerRecord("a", (1, 8, 4, 4), (1, 8, 4, 4), (3, 3), 1, 100, 0.5, times, "torch", "", 1, 4).chosen_sparse
+
+
+def test_table_marks_the_layers_chosen_inside_the_pass():
+    a = _record("a", 100, 0.5, 2.0, 3.0, "sparse(R=1,V=4)")  # slower alone, faster in the pass
+    a.in_pass_ms = {"dense(R=8,V=3)": 2.5, "sparse(R=1,V=4)": 2.2}
+    b = _record("b", 300, 0.9, 4.0, 1.0, "sparse(R=1,V=4)")  # the fastest alone kept it in the pass
+    b.in_pass_ms = {"sparse(R=1,V=4)": 1.1, "dense(R=8,V=3)": 4.1}
+    c = _record("c", 300, 0.9, 4.0, 1.0, "sparse(R=1,V=4)")  # not refined
+    table = layers.format_table(layers.Profile("m", 1, 2, 1, [a, b, c]))
+    assert "| sparse(R=1,V=4) (in the pass) | 0.67x |" in table
+    assert table.count("(in the pass)") == 1
+    assert "(2 layers; 1 took another variant" in table
 
 
 def test_table_marks_the_layers_of_the_onnx_prefix():

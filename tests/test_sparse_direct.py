@@ -278,3 +278,61 @@ def test_a_pause_keeps_one_ops_lingering_threads_off_the_next():
     ops = {"spinner": spinner, "victim": victim}
     assert time_ops(ops, rounds=3, give_up=None)["victim"] > 5
     assert time_ops(ops, rounds=3, give_up=None, pause=0.03)["victim"] < 5
+
+
+class _FakeOp:
+    """A stand-in conv op whose time depends on whether the step before it just ran (a cold cache)."""
+
+    def __init__(self, state: dict, warm_s: float, cold_s: float):
+        self.state, self.warm_s, self.cold_s, self.nbytes = state, warm_s, cold_s, 100
+
+    def __call__(self):
+        import time
+
+        time.sleep(self.cold_s if self.state["cold"] else self.warm_s)
+        self.state["cold"] = False
+
+
+def test_in_pass_refinement_times_each_candidate_after_the_steps_before_it():
+    # "quick" wins alone (1 ms on a warm cache) but takes 6 ms right after the step before it, which evicts
+    # what it reads; "steady" takes 3 ms either way. Alone "quick" was chosen; inside the pass "steady" wins.
+    from bench.kernels.engine import Engine, LayerRecord, _Refine, refine_in_pass
+
+    state = {"cold": False}
+
+    def evict():
+        state["cold"] = True
+
+    quick, steady = _FakeOp(state, 0.001, 0.006), _FakeOp(state, 0.003, 0.003)
+    engine = Engine(1, 1)
+    engine.input_slot = "x"
+    engine.steps = [evict, quick]
+    record = LayerRecord("c", (1, 1, 4, 4), (1, 1, 4, 4), (3, 3), 1, 144, 0.5, {"quick": 1.0, "steady": 3.0},
+                         "quick", "", 0, 0)
+    refine_in_pass(engine, [_Refine(1, record, {"quick": quick, "steady": steady}, "key", None)], torch.zeros(1),
+                   rounds=3)
+    assert engine.steps[1] is steady and record.choice == "steady"
+    assert record.in_pass_ms["quick"] > 5 and 2.5 < record.in_pass_ms["steady"] < 5
+    assert record.weight_bytes == 100
+
+
+@pytest.mark.parametrize("refine", [True, False])
+def test_one_picture_is_refined_in_the_pass_and_still_matches(refine, monkeypatch):
+    import bench.kernels.engine as E
+
+    if not refine:  # a pass too long to refine: every layer keeps the variant that won alone
+        monkeypatch.setattr(E, "REFINE_MAX_PASS_MS", 0.0)
+    model = tiny_model(seed=5)
+    engine = compile_model(model, torch.randn(1, 3, 16, 16), threads=2, settings=no_cache())
+    refined = [r for r in engine.layers if r.in_pass_ms]
+    if refine:
+        assert refined and all(r.choice in r.in_pass_ms and r.choice in r.times_ms for r in refined)
+        assert all(r.in_pass_ms[r.choice] == min(r.in_pass_ms.values()) for r in refined)
+    else:
+        assert not refined
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        torch.testing.assert_close(engine.run(x), model(x), atol=1e-5, rtol=1e-5)
+    reference = node_values(model, x)
+    for name, value in engine.features(x).items():
+        torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=1e-5, msg=f"activation {name}")
