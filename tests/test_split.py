@@ -150,6 +150,33 @@ def test_a_plan_that_was_fast_only_at_first_is_not_kept(monkeypatch):
     assert best.name == info["plan"] == sd.ORT
 
 
+def test_a_close_runner_up_is_confirmed_too(monkeypatch):
+    calls = {"n": 0}
+
+    def lucky(x):  # the round's winner (2 ms), then 6 ms
+        calls["n"] += 1
+        time.sleep(0.002 if calls["n"] <= 7 else 0.006)
+        return torch.zeros(x.shape[0], 5)
+
+    def sleeper(seconds):
+        def run(x):
+            time.sleep(seconds)
+            return torch.zeros(x.shape[0], 5)
+
+        return run
+
+    hybrid = f"{sd.ORT}->relu"
+    monkeypatch.setattr(sd, "PLAN_RUNNER_UP", 2.0)  # wide, so that sleep's jitter cannot move the plans across it
+    plans = {sd.ORT: sd.Plan(sd.ORT, sleeper(0.012), ["conv0"]), hybrid: sd.Plan(hybrid, lucky, []),
+             sd.OWN: sd.Plan(sd.OWN, sleeper(0.003), []),  # second in the round, within PLAN_RUNNER_UP
+             f"{sd.ORT}->far": sd.Plan(f"{sd.ORT}->far", sleeper(0.0045), [])}  # third: not confirmed
+    monkeypatch.setattr(sd, "build_plans", lambda model, example, threads, only: (plans, {"onnx_bytes": 1}))
+    best, info = sd.plan_hybrid(None, torch.zeros(1, *SHAPE), threads=1, rounds=3, use_cache=False)
+    assert list(info["plan_times_ms"])[0] == hybrid  # the round's winner
+    assert set(info["plan_confirm_ms"]) == {hybrid, sd.OWN, sd.ORT}  # with the runner-up, not the far one
+    assert best.name == info["plan"] == sd.OWN
+
+
 def test_a_plan_must_beat_onnx_runtime_by_the_margin():
     assert sd.choose_plan({sd.ORT: 10.0, sd.OWN: 9.0, f"{sd.ORT}->relu": 9.9}) == sd.OWN
     near = 10.0 / sd.PLAN_MARGIN * 1.01  # faster than ONNX Runtime, but by less than the margin: a tie
