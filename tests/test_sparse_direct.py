@@ -76,6 +76,15 @@ def node_values(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return values
 
 
+def assert_matches(engine, model: nn.Module, x: torch.Tensor, tol: float = 1e-5) -> None:
+    """The engine's logits and every intermediate activation it keeps match the BN-folded model's on ``x``."""
+    with torch.no_grad():
+        torch.testing.assert_close(engine.run(x), model(x), atol=tol, rtol=tol)
+    reference = node_values(model, x)
+    for name, value in engine.features(x).items():
+        torch.testing.assert_close(value, reference[name], atol=tol, rtol=tol, msg=f"activation {name}")
+
+
 def no_cache(**kw) -> EngineSettings:
     return EngineSettings(use_cache=False, timing_runs=1, **kw)
 
@@ -110,11 +119,7 @@ def test_phase_planes_are_filled_only_for_variants_that_read_them(force):
     phase_steps = [s for s in engine.steps if isinstance(s, _PhaseStep)]
     assert len(phase_steps) == (0 if force == "cols" else 1)
     x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(6))
-    with torch.no_grad():
-        torch.testing.assert_close(engine.run(x), model(x), atol=1e-5, rtol=1e-5)
-    reference = node_values(model, x)
-    for name, value in engine.features(x).items():
-        torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=1e-5, msg=f"activation {name}")
+    assert_matches(engine, model, x)
 
 
 def test_one_picture_through_the_stack_kernel():
@@ -126,11 +131,7 @@ def test_one_picture_through_the_stack_kernel():
     engine = compile_model(model, torch.randn(1, 3, 32, 32), threads=2, settings=no_cache(), choices=stacked)
     assert {k: v for k, v in engine.choices().items() if k in stacked} == stacked
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        torch.testing.assert_close(engine.run(x), model(x), atol=1e-5, rtol=1e-5)
-    reference = node_values(model, x)
-    for name, value in engine.features(x).items():
-        torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=1e-5, msg=f"activation {name}")
+    assert_matches(engine, model, x)
 
 
 def test_outputs_depend_on_the_input():
@@ -331,8 +332,4 @@ def test_one_picture_is_refined_in_the_pass_and_still_matches(refine, monkeypatc
     else:
         assert not refined
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(8))
-    with torch.no_grad():
-        torch.testing.assert_close(engine.run(x), model(x), atol=1e-5, rtol=1e-5)
-    reference = node_values(model, x)
-    for name, value in engine.features(x).items():
-        torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=1e-5, msg=f"activation {name}")
+    assert_matches(engine, model, x)

@@ -506,38 +506,25 @@ static void stack_band(int64_t rows, const float* in, float* outp, int64_t t, in
     stack_tile<RR, V>(in, outp, t, pitch, src, val, rp, vp, bias, resp, relu, first, last);
 }
 
-// The plane's H rows in bands of RR, each row in W / (16 V) tiles. Channel-major (default): a unit is a range of
-// (band, output channel) items, run input chunk by input chunk; tile-major: a unit is a range of bands, and each
-// tile runs every output channel, chunk by chunk, while its input rows stay in L1 (as `drive` does).
+// The plane's H rows in bands of RR, each row in W / (16 V) tiles, cut up between threads by `drive`: a band is
+// one "row" of a Span whose row pitch is RR image rows, so its work items are (band, output channel) and its
+// tile-major units ranges of bands, as for the other kernels.
 template <int RR, int V>
 static void run_stack(const float* in, float* out, int64_t ostride, int64_t cout, int64_t t0, int64_t H, int64_t W,
                       int64_t pitch, const int64_t* rptr, const int64_t* vptr, int64_t nchunks, const int32_t* src,
                       const float* val, const float* bias, const float* res, int64_t rstride, bool relu,
                       bool tile_major, int nthreads) {
-    const int64_t nbands = (H + RR - 1) / RR, xtiles = W / (16 * V);
-    auto one = [&](int64_t band, int64_t x, int64_t g, int64_t c) {
+    const int64_t nbands = (H + RR - 1) / RR, band_pitch = RR * pitch;
+    const Span sp{t0, t0 + (nbands - 1) * band_pitch + W, band_pitch, band_pitch, W};
+    drive(sp, cout, nchunks, tile_major, nthreads, [&](int64_t t, int64_t, int64_t g, int64_t c, bool first,
+                                                       bool last) -> int64_t {
         const int64_t* rp = rptr + (g * nchunks + c) * 5;
-        const bool first = c == 0, last = c == nchunks - 1;
-        if (rp[0] == rp[4] && !first && !last) return;  // nothing to add from this chunk
-        const int64_t t = t0 + band * RR * pitch + x * 16 * V;
+        if (rp[0] == rp[4] && !first && !last) return V;  // nothing to add from this chunk
+        const int64_t band = (t - t0) / band_pitch;
         const float* resp = res ? res + g * rstride : nullptr;
         stack_band<RR, V>(std::min<int64_t>(RR, H - band * RR), in, out + g * ostride, t, pitch, src, val, rp,
                           vptr + (g * nchunks + c) * 4, bias[g], resp, relu, first, last);
-    };
-    const int64_t items = tile_major ? nbands : nbands * cout;
-    const int64_t units = std::min<int64_t>(items, 4 * std::max(1, nthreads));
-    pool().run(nthreads, units, [&](int64_t u) {
-        const int64_t lo = items * u / units, hi = items * (u + 1) / units;
-        if (tile_major) {
-            for (int64_t band = lo; band < hi; band++)
-                for (int64_t x = 0; x < xtiles; x++)
-                    for (int64_t c = 0; c < nchunks; c++)
-                        for (int64_t g = 0; g < cout; g++) one(band, x, g, c);
-            return;
-        }
-        for (int64_t c = 0; c < nchunks; c++)
-            for (int64_t item = lo; item < hi; item++)
-                for (int64_t x = 0; x < xtiles; x++) one(item / cout, x, item % cout, c);
+        return V;
     });
 }
 
