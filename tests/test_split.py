@@ -194,17 +194,35 @@ def test_backend_runs_the_chosen_plan(tiny, monkeypatch, tmp_path):
     decided_by = info["plan_confirm_ms"] or info["plan_times_ms"]
     assert info["plan"] in info["plan_times_ms"] and info["plan"] == sd.choose_plan(decided_by)
     x = fresh(2, seed=9)
+    as_input = (lambda t: t.numpy()) if info["plan"] == sd.ORT else (lambda t: t)  # the ORT plan takes numpy
     with torch.no_grad():
-        torch.testing.assert_close(prepared.to_torch(prepared.run(x)), model(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(prepared.to_torch(prepared.run(as_input(x))), model(x), atol=1e-4, rtol=1e-4)
     if info["plan"] != sd.ORT:
         assert set(info["layer_choices"]).isdisjoint(info["onnxruntime_layers"])
     assert not info["plan_cached"]
     again = backend.prepare(model, fresh(2, seed=0), "cpu", 2)  # the plan comes from the cache: nothing timed
     assert again.info["plan_cached"] and again.info["plan"] == info["plan"] and again.info["plan_times_ms"] == {}
     with torch.no_grad():
-        torch.testing.assert_close(again.to_torch(again.run(x)), model(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(again.to_torch(again.run(as_input(x))), model(x), atol=1e-4, rtol=1e-4)
     other = backend.prepare(model, fresh(3, seed=0), "cpu", 2)  # another batch size: timed afresh
     assert not other.info["plan_cached"]
+
+
+def test_the_onnx_runtime_plan_is_the_onnxruntime_backends_call(tiny, monkeypatch, tmp_path):
+    # where the plan is ONNX Runtime whole, sparse-direct returns what the onnxruntime backend does: numpy in,
+    # the session's output out, no torch conversions around it
+    monkeypatch.setenv("PRUNEBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(sd, "choose_plan", lambda times: sd.ORT)
+    model, _ = tiny
+    example = fresh(2, seed=0)
+    prepared = get_backend("sparse-direct").prepare(model, example, "cpu", 2)
+    reference = get_backend("onnxruntime").prepare(model, example, "cpu", 2)
+    assert prepared.info["plan"] == sd.ORT and prepared.info["onnxruntime_layers"]
+    assert isinstance(prepared.inputs, np.ndarray) and np.array_equal(prepared.inputs, reference.inputs)
+    y = prepared.run(prepared.inputs)
+    assert isinstance(y, np.ndarray) and np.array_equal(y, reference.run(reference.inputs))
+    with torch.no_grad():
+        torch.testing.assert_close(prepared.to_torch(y), model(example), atol=1e-4, rtol=1e-4)
 
 
 def test_engine_still_runs_after_its_threads_rest():

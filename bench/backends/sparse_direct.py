@@ -106,6 +106,7 @@ class Plan:
     run: Callable[[torch.Tensor], torch.Tensor]  # NCHW fp32 batch -> logits
     onnx_layers: list[str]  # convs that run in ONNX Runtime
     engine: Any = None  # our engine for the rest (None: the whole model in ONNX Runtime)
+    session: Any = None  # the ONNX Runtime session of the whole model (the ORT plan only)
 
 
 def build_plans(model: nn.Module, example: torch.Tensor, threads: int,
@@ -137,7 +138,7 @@ def build_plans(model: nn.Module, example: torch.Tensor, threads: int,
     def run_ort(x: torch.Tensor, i=whole.get_inputs()[0].name) -> torch.Tensor:
         return torch.from_numpy(whole.run(None, {i: x.numpy()})[0])
 
-    plans = {OWN: Plan(OWN, own.run, [], own), ORT: Plan(ORT, run_ort, convs)}
+    plans = {OWN: Plan(OWN, own.run, [], own), ORT: Plan(ORT, run_ort, convs, session=whole)}
     for cut in cuts:
         name = f"{ORT}->{cut.node}"
         if only is not None and name != only:
@@ -233,6 +234,11 @@ def plan_hybrid(model: nn.Module, example: torch.Tensor, threads: int, rounds: i
 
 def _prepare_hybrid(model: nn.Module, example: torch.Tensor, device: str, threads: int) -> Prepared:
     plan, info = plan_hybrid(model, example, threads)
+    if plan.session is not None:  # ONNX Runtime whole: the onnxruntime backend's own call, numpy in and out
+        # (through torch tensors and inference mode it measured 1-1.5% slower, alternating in one process)
+        from bench.backends.onnxruntime import cpu_prepared
+
+        return cpu_prepared(plan.session, example, info)
     inputs = example.detach().cpu().float().contiguous()
 
     def run(x, f=plan.run):
