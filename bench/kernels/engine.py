@@ -142,8 +142,7 @@ class _Refine:
     phase: _PhaseStep | None  # the phase split it reads, unless its variant reads the input itself
 
 
-def refine_in_pass(engine: "Engine", items: list[_Refine], example: torch.Tensor, rounds: int = REFINE_ROUNDS,
-                   pause: Callable[[], None] | None = None) -> None:
+def refine_in_pass(engine: "Engine", items: list[_Refine], example: torch.Tensor, rounds: int = REFINE_ROUNDS) -> None:
     """Choose each listed conv's variant by its time inside the pass: before each timed call the steps
     before it run, so its input, weights and partial sums are in whatever cache a pass leaves them.
 
@@ -571,6 +570,7 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
             ]
         by_name = {str(v): v for v in variants}
         times: dict[str, float] = {}
+        runners_up: dict[str, ConvOp] = {}  # close to the fastest alone: timed again inside the pass
         cached = choices.get(p.name) if choices and p.name in choices else cache.get(key)
         if cached is not None and cached in by_name:
             chosen = by_name[cached]
@@ -587,16 +587,12 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
                 ranked = sorted(times, key=times.get)
             chosen = by_name[ranked[0]]
             cache.put(key, str(chosen))
-            close = [n for n in ranked[:REFINE_TOP] if times[n] <= REFINE_WITHIN * times[ranked[0]]]
-            if settings.refine_in_pass and len(close) > 1:
-                refine.append(_Refine(len(engine.steps), None, {n: ops[n] for n in close[1:]}, key,
-                                      step if phases is not None else None))
+            if settings.refine_in_pass:
+                runners_up = {n: ops[n] for n in ranked[1:REFINE_TOP] if times[n] <= REFINE_WITHIN * times[ranked[0]]}
             del ops
         op = make(chosen)
-        if refine and refine[-1].index == len(engine.steps):
-            refine[-1].ops = {str(chosen): op, **refine[-1].ops}
-        elif phases is not None and chosen.kind not in READS_INPUT:
-            step.used = True
+        if phases is not None and chosen.kind not in READS_INPUT and not runners_up:
+            step.used = True  # (a refined conv marks its phase step once its variant is final)
         engine.steps.append(op)
         if progress:
             progress(p.name)
@@ -618,8 +614,9 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
                 dense_bytes=dense_nbytes(weight, conv.out_channels),
             )
         )
-        if refine and refine[-1].index == len(engine.steps) - 1:
-            refine[-1].record = engine.layers[-1]
+        if runners_up:
+            refine.append(_Refine(len(engine.steps) - 1, engine.layers[-1], {str(chosen): op, **runners_up}, key,
+                                  step if phases is not None else None))
         val = _ActVal(out_act, out)
         engine.acts[owner.name] = val
         return val
