@@ -115,7 +115,7 @@ def format_table(p: Profile) -> str:
         _, ci, hi, wi = r.in_shape
         _, co, ho, wo = r.out_shape
         chosen = r.times_ms[r.choice]
-        label = r.choice + (" (in the pass)" if r.in_pass_ms and r.choice != min(r.times_ms, key=r.times_ms.get) else "")
+        label = r.choice + (" (in the pass)" if r.moved_in_pass else "")
         label += "; runs in ONNX Runtime" if r.name in in_ort else ""
         lines.append(
             f"| {r.name} | {ci}x{hi}x{wi} -> {co}x{ho}x{wo} | {r.kernel[0]}x{r.kernel[1]}/{r.stride} | {r.macs:,} | "
@@ -140,7 +140,7 @@ def format_table(p: Profile) -> str:
     if refined:
         from bench.kernels.engine import REFINE_WITHIN
 
-        moved = sum(r.choice != min(r.times_ms, key=r.times_ms.get) for r in refined)
+        moved = sum(r.moved_in_pass for r in refined)
         lines.append(
             f"Chosen: the fastest alone, except where other variants timed within {REFINE_WITHIN:.2f}x of it: those "
             f"were timed again inside the pass, each call after the layers before it ({len(refined)} layers; "

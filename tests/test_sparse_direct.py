@@ -310,7 +310,7 @@ def test_in_pass_refinement_times_each_candidate_after_the_steps_before_it():
     engine.steps = [evict, quick]
     record = LayerRecord("c", (1, 1, 4, 4), (1, 1, 4, 4), (3, 3), 1, 144, 0.5, {"quick": 1.0, "steady": 3.0},
                          "quick", "", 0, 0)
-    refine_in_pass(engine, [_Refine(1, record, {"quick": quick, "steady": steady}, "key", None)], torch.zeros(1),
+    refine_in_pass(engine, [_Refine(1, record, {"quick": quick, "steady": steady}, "key")], torch.zeros(1),
                    rounds=3)
     assert engine.steps[1] is steady and record.choice == "steady"
     assert record.in_pass_ms["quick"] > 5 and 2.5 < record.in_pass_ms["steady"] < 5

@@ -101,6 +101,11 @@ class LayerRecord:
         return self.choice.startswith(SPARSE_KINDS)
 
     @property
+    def moved_in_pass(self) -> bool:
+        """Whether the in-pass timing chose another variant than the fastest alone."""
+        return bool(self.in_pass_ms) and self.choice != min(self.times_ms, key=self.times_ms.get)
+
+    @property
     def dense_ms(self) -> float | None:
         """The fastest variant that computes every weight (our dense kernels, torch's conv2d)."""
         t = [v for k, v in self.times_ms.items() if k.startswith(DENSE_KINDS)]
@@ -125,7 +130,12 @@ class _PhaseStep:
     buf: torch.Tensor
     phases: torch.Tensor
     threads: int
-    used: bool = False
+    readers: list[LayerRecord] = dataclasses.field(default_factory=list)  # the strided convs after it
+
+    @property
+    def used(self) -> bool:
+        """Whether a reader's final variant reads the phases (cols and torch read the input itself)."""
+        return any(not r.choice.startswith(READS_INPUT) for r in self.readers)
 
     def __call__(self) -> None:
         self.geom.fill_phases(self.buf, self.phases, self.threads)
@@ -139,7 +149,6 @@ class _Refine:
     record: LayerRecord
     ops: dict[str, Callable[[], None]]  # variant name -> op on the layer's buffers (the chosen one included)
     key: str  # its choice-cache key
-    phase: _PhaseStep | None  # the phase split it reads, unless its variant reads the input itself
 
 
 def refine_in_pass(engine: "Engine", items: list[_Refine], example: torch.Tensor, rounds: int = REFINE_ROUNDS) -> None:
@@ -168,8 +177,6 @@ def refine_in_pass(engine: "Engine", items: list[_Refine], example: torch.Tensor
         item.record.choice = winner
         item.record.in_pass_ms = {name: t * 1e3 for name, t in best.items()}
         item.record.weight_bytes = item.ops[winner].nbytes
-        if item.phase is not None and not winner.startswith(READS_INPUT):
-            item.phase.used = True
 
 
 @dataclasses.dataclass
@@ -574,6 +581,7 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
         cached = choices.get(p.name) if choices and p.name in choices else cache.get(key)
         if cached is not None and cached in by_name:
             chosen = by_name[cached]
+            op = make(chosen)
             engine.cache_hits += 1
         else:
             # a profile times every variant fully; choosing gives up on clearly slower ones
@@ -585,14 +593,11 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
                 top = {name: ops[name] for name in ranked[:2]}
                 times.update(time_ops(top, 2 * settings.timing_runs, None))
                 ranked = sorted(times, key=times.get)
-            chosen = by_name[ranked[0]]
+            chosen, op = by_name[ranked[0]], ops[ranked[0]]  # the timed op itself: no second build
             cache.put(key, str(chosen))
             if settings.refine_in_pass:
                 runners_up = {n: ops[n] for n in ranked[1:REFINE_TOP] if times[n] <= REFINE_WITHIN * times[ranked[0]]}
             del ops
-        op = make(chosen)
-        if phases is not None and chosen.kind not in READS_INPUT and not runners_up:
-            step.used = True  # (a refined conv marks its phase step once its variant is final)
         engine.steps.append(op)
         if progress:
             progress(p.name)
@@ -614,9 +619,10 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
                 dense_bytes=dense_nbytes(weight, conv.out_channels),
             )
         )
+        if phases is not None:
+            step.readers.append(engine.layers[-1])
         if runners_up:
-            refine.append(_Refine(len(engine.steps) - 1, engine.layers[-1], {str(chosen): op, **runners_up}, key,
-                                  step if phases is not None else None))
+            refine.append(_Refine(len(engine.steps) - 1, engine.layers[-1], {str(chosen): op, **runners_up}, key))
         val = _ActVal(out_act, out)
         engine.acts[owner.name] = val
         return val
@@ -744,10 +750,6 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
         refine_in_pass(engine, refine, example[:chunk].float().contiguous())
         for item in refine:
             cache.put(item.key, item.record.choice)
-    else:  # not refined: each keeps the variant that won alone
-        for item in refine:
-            if item.phase is not None and not item.record.choice.startswith(READS_INPUT):
-                item.phase.used = True
     cache.save()
     # a strided conv whose chosen variant reads its input itself needs no phase planes filled in a pass
     engine.steps = [step for step in engine.steps if not (isinstance(step, _PhaseStep) and not step.used)]
