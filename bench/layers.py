@@ -7,6 +7,7 @@ Markdown table and, with ``-o``, written with a PNG plot.
     python -m bench.layers model.pt --batch-size 1 -o results/
     python -m bench.layers synthetic:0.9 --batch-size 64 --threads 2
     python -m bench.layers synthetic:0.5 --batch-size 1 --plans     # and which prefix runs in ONNX Runtime
+    python -m bench.layers synthetic:0.95 --batch-size 64 --pass-runs 20  # and where a whole pass goes
 
 ``model`` is a checkpoint (anything ``bench.models`` loads) or ``synthetic:S``, the
 bench suite's own seeded ResNet-18 pruned to sparsity S (no file needed).
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -40,6 +43,11 @@ class ProfileSettings:
         default=False,
         metadata={"help": "also time the backend's whole-model plans (which prefix runs in ONNX Runtime) and mark them"},
     )
+    pass_runs: int = dataclasses.field(
+        default=0,
+        metadata={"help": "also time this many passes with every step timed, and the whole batch: where a pass goes "
+                          "(0: not)"},
+    )
 
 
 @dataclasses.dataclass
@@ -52,6 +60,7 @@ class Profile:
     chunk: int  # images per pass (the engine splits larger batches)
     layers: list  # bench.kernels.engine.LayerRecord
     plan: dict | None = None  # the sparse-direct backend's plan choice (bench.backends.sparse_direct.plan_hybrid)
+    passes: object | None = None  # bench.kernels.engine.PassTimes, with --pass-runs
 
     @property
     def mac_sparsity(self) -> float:
@@ -76,7 +85,7 @@ def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progr
     """Time every variant of every conv (no cached choices) as the sparse-direct backend would at this batch size."""
     from tqdm import tqdm
 
-    from bench.kernels.engine import EngineSettings, compile_model
+    from bench.kernels.engine import EngineSettings, compile_model, time_pass
     from bench.models import physical_cores
     from prune.models import INPUT_SHAPE
 
@@ -84,6 +93,8 @@ def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progr
         raise PruneBenchError(f"--batch-size {settings.batch_size}: give at least 1")
     if settings.timing_runs < 1:
         raise PruneBenchError(f"--timing-runs {settings.timing_runs}: give at least 1")
+    if settings.pass_runs < 0:
+        raise PruneBenchError(f"--pass-runs {settings.pass_runs}: give 0 (no pass timing) or more")
     threads = settings.threads or physical_cores()
     example = torch.randn(settings.batch_size, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -92,12 +103,13 @@ def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progr
         engine = compile_model(model, example, threads, engine_settings, progress=lambda name: bar.update(1))
     # a ParallelEngine runs one single-threaded engine per thread: its layers were timed on one thread
     per_layer_threads = 1 if hasattr(engine, "engines") else threads
+    passes = time_pass(engine, example, settings.pass_runs) if settings.pass_runs else None
     plan = None
     if settings.plans:
         from bench.backends.sparse_direct import plan_hybrid
 
         _, plan = plan_hybrid(model, example, threads, use_cache=False)  # a profile times afresh
-    return Profile(label, settings.batch_size, per_layer_threads, engine.chunk, engine.layers, plan)
+    return Profile(label, settings.batch_size, per_layer_threads, engine.chunk, engine.layers, plan, passes)
 
 
 def format_table(p: Profile) -> str:
@@ -158,7 +170,49 @@ def format_table(p: Profile) -> str:
         if confirm:
             again = ", ".join(f"{name} {ms:.3f}" for name, ms in confirm.items())
             lines.append(f"Timed again against ONNX Runtime, alternately and twice as long: {again}.")
+    if p.passes:
+        lines += format_passes(p)
     return "\n".join(lines)
+
+
+def format_passes(p: Profile) -> list[str]:
+    """Where a pass goes: each conv alone (the profile's time of its choice) and inside the pass, then the
+    other steps, the pass end to end and the whole batch: the factors between the summed layers and a call."""
+    t = p.passes
+    med = statistics.median
+    lines = [
+        "",
+        f"Inside the pass: {len(t.walls_ms)} passes of one chunk of {t.chunk} image(s) through the engine as chosen "
+        "above, every step timed (ms per chunk; alone = the chosen variant's time in the table above):",
+        "",
+        "| layer | alone | in the pass, fastest | in the pass, median | median / alone |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    alone_sum = fast_sum = med_sum = 0.0
+    for r in p.layers:
+        alone, ts = r.times_ms[r.choice], t.conv_ms(r.name)
+        alone_sum, fast_sum, med_sum = alone_sum + alone, fast_sum + min(ts), med_sum + med(ts)
+        lines.append(f"| {r.name} | {alone:.3f} | {min(ts):.3f} | {med(ts):.3f} | {med(ts) / alone:.2f}x |")
+    other = t.other_ms()
+    lines += [
+        f"| other steps | | {min(other):.3f} | {med(other):.3f} | |",
+        f"| **convs** | {alone_sum:.3f} | {fast_sum:.3f} | {med_sum:.3f} | {med_sum / alone_sum:.2f}x |",
+        "",
+        f"The convs sum to {alone_sum:.3f} ms alone, {fast_sum:.3f} fastest and {med_sum:.3f} median inside the pass "
+        f"({fast_sum / alone_sum:.2f}x and {med_sum / alone_sum:.2f}x); the other steps (input copy, phase planes, "
+        f"pool, classifier) take {med(other):.3f} median. A pass end to end: {min(t.walls_ms):.3f} fastest, "
+        f"{med(t.walls_ms):.3f} median ({med(t.walls_ms) / min(t.walls_ms):.2f}x, the spread from call to call).",
+    ]
+    if t.batch_ms:
+        per_engine = math.ceil(t.batch / t.chunk / t.engines)
+        one_after_another = per_engine * med(t.walls_ms)
+        lines.append(
+            f"The whole batch of {t.batch} as the backend runs it ({t.engines} engine(s) side by side, {per_engine} "
+            f"pass(es) each), timed after each pass: {min(t.batch_ms):.3f} fastest, {med(t.batch_ms):.3f} median, "
+            f"{med(t.batch_ms) / one_after_another:.2f}x the median time of {per_engine} pass(es) on one engine alone "
+            "(what running side by side costs)."
+        )
+    return lines
 
 
 def plot(p: Profile, path: Path) -> None:
@@ -177,8 +231,11 @@ def plot(p: Profile, path: Path) -> None:
     ax.bar([i - width / 2 for i in x], dense, width, label="dense (best)", color="#8c8c8c")
     ax.bar([i + width / 2 for i in x], sparse, width, label="sparse (best)", color="#1f77b4")
     for i, r in enumerate(p.layers):
-        ax.plot(i + (width / 2 if r.chosen_sparse else -width / 2), r.times_ms[r.choice] * 1.12, "v", color="#d62728",
-                markersize=6, label="chosen" if i == 0 else None)
+        at = i + (width / 2 if r.chosen_sparse else -width / 2)
+        ax.plot(at, r.times_ms[r.choice] * 1.12, "v", color="#d62728", markersize=6, label="chosen" if i == 0 else None)
+        if p.passes:
+            ax.plot(at, statistics.median(p.passes.conv_ms(r.name)), "_", color="black", markersize=12, mew=2,
+                    label="chosen, in the pass (median)" if i == 0 else None)
     ax.set_yscale("log")
     ax.set_ylabel("ms per call (log)")
     ax.set_xticks(list(x))

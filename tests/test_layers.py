@@ -9,6 +9,9 @@ from bench import layers
 from bench.kernels.engine import LayerRecord
 
 
+CONV_ROWS = ("| conv1 ", "| layer1", "| layer2", "| layer3", "| layer4")  # a table's rows of ResNet-18's convs
+
+
 def _record(name, macs, sparsity, dense, sparse, choice):
     times = {"dense(R=8,V=3)": dense, "sparse(R=1,V=4)": sparse}
     return LayerRecord(name, (1, 8, 4, 4), (1, 8, 4, 4), (3, 3), 1, macs, sparsity, times, choice, "relu", 100, 400)
@@ -71,21 +74,47 @@ def test_cli_writes_table_and_plot_and_refuses_to_overwrite(tmp_path, capsys):
     reason = K.unavailable()
     if reason:
         pytest.skip(reason)
-    argv = ["synthetic:0.9", "--batch-size", "1", "--threads", "1", "--timing-runs", "1", "-o", str(tmp_path)]
+    argv = ["synthetic:0.9", "--batch-size", "1", "--threads", "1", "--timing-runs", "1", "--pass-runs", "2",
+            "-o", str(tmp_path)]
     assert layers.main(argv) == 0
     table = (tmp_path / "layers-synthetic-s90-bs1.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith(("| conv1 ", "| layer1.", "| layer2.", "| layer3.", "| layer4."))]
+    profile_part, pass_part = table.split("Inside the pass")
+    rows = [line for line in profile_part.splitlines() if line.startswith(CONV_ROWS)]
     assert len(rows) == 20  # the stem, 16 block convs and 3 shortcuts
     assert "MAC-weighted sparsity of the convolutions" in table
+    passes = [line for line in pass_part.splitlines() if line.startswith(CONV_ROWS)]
+    assert len(passes) == 20 and "| other steps |" in pass_part
     assert (tmp_path / "layers-synthetic-s90-bs1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "layer4.1.conv2" in capsys.readouterr().out
     assert layers.main(argv) == 2
     assert "exists: pass --force" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("spec, message", [("synthetic:abc", "must be a number"), ("synthetic:1.5", "in [0, 1)"),
-                                           ("missing.pt", "no checkpoint file")])
-def test_cli_one_line_errors(spec, message, capsys):
-    assert layers.main([spec]) == 2
+@pytest.mark.parametrize("argv, message", [(["synthetic:abc"], "must be a number"), (["synthetic:1.5"], "in [0, 1)"),
+                                           (["missing.pt"], "no checkpoint file"),
+                                           (["synthetic:0.9", "--pass-runs", "-1"], "--pass-runs -1: give 0")])
+def test_cli_one_line_errors(argv, message, capsys):
+    assert layers.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_where_a_pass_goes_by_hand():
+    from bench.kernels.engine import OTHER_STEP, PassTimes
+
+    a = _record("a", 100, 0.5, 2.0, 3.0, "dense(R=8,V=3)")  # alone 2.0
+    b = _record("b", 300, 0.9, 4.0, 1.0, "sparse(R=1,V=4)")  # alone 1.0
+    steps = [[0.5, 0.7, 0.6], [2.0, 3.0, 2.5], [1.5, 1.0, 2.0]]  # other, a, b in three passes
+    passes = PassTimes(16, [OTHER_STEP, "a", "b"], steps, [4.2, 4.8, 5.4], batch=64, engines=2,
+                       batch_ms=[10.0, 12.0, 9.6])
+    table = layers.format_table(layers.Profile("m", 64, 1, 16, [a, b], passes=passes))
+    assert "| a | 2.000 | 2.000 | 2.500 | 1.25x |" in table
+    assert "| b | 1.000 | 1.000 | 1.500 | 1.50x |" in table
+    assert "| other steps | | 0.500 | 0.600 | |" in table
+    assert "| **convs** | 3.000 | 3.000 | 4.000 | 1.33x |" in table
+    assert "4.200 fastest, 4.800 median (1.14x" in table
+    # 64 images = 4 chunks on 2 engines: 2 passes each, 2 x 4.8 = 9.6 ms one after another; the batch's median 10.0
+    assert "(2 engine(s) side by side, 2 pass(es) each), timed after each pass: 9.600 fastest, 10.000 median, 1.04x" in table
+    no_batch = PassTimes(1, [OTHER_STEP, "a", "b"], steps, [4.2, 4.8, 5.4])
+    assert "whole batch" not in layers.format_table(layers.Profile("m", 1, 2, 1, [a, b], passes=no_batch))
+    assert "Inside the pass" not in layers.format_table(layers.Profile("m", 1, 2, 1, [a, b]))

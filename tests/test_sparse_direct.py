@@ -333,3 +333,35 @@ def test_one_picture_is_refined_in_the_pass_and_still_matches(refine, monkeypatc
         assert not refined
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(8))
     assert_matches(engine, model, x)
+
+
+def test_a_timed_pass_attributes_every_step_and_times_the_batch_side_by_side():
+    from bench.kernels.engine import OTHER_STEP, time_pass
+
+    model = tiny_model(seed=2)
+    x = torch.randn(32, 3, 8, 8)
+    engine = compile_model(model, x, threads=2, settings=no_cache(chunk=16))
+    t = time_pass(engine, x, runs=3)
+    one = engine.engines[0]
+    assert [label for label in t.labels if label != OTHER_STEP] == [r.name for r in one.layers]
+    assert len(t.labels) == len(one.steps) and OTHER_STEP in t.labels  # the input copy, pool and classifier
+    assert all(len(ts) == 3 and min(ts) > 0 for ts in t.steps_ms)
+    for k, wall in enumerate(t.walls_ms):  # each pass end to end holds its steps
+        assert sum(ts[k] for ts in t.steps_ms) <= wall
+    assert (t.chunk, t.batch, t.engines, len(t.batch_ms)) == (16, 32, 2, 3)
+    assert t.conv_ms(one.layers[0].name) == t.steps_ms[t.labels.index(one.layers[0].name)]
+    with torch.no_grad():  # timing leaves the engine as it was
+        torch.testing.assert_close(engine.run(x), model(x), atol=1e-5, rtol=1e-5)
+    single = time_pass(compile_model(model, x[:1], threads=1, settings=no_cache()), x[:1], runs=2)
+    assert (single.batch, single.batch_ms, single.engines) == (0, [], 1)  # one chunk: no batch timing
+    with pytest.raises(PruneBenchError, match="at least 1"):
+        time_pass(engine, x, runs=0)
+
+
+def test_a_timed_pass_refuses_an_engine_whose_steps_do_not_match_its_layers():
+    from bench.kernels.engine import time_pass
+
+    engine = compile_model(tiny_model(seed=2), torch.randn(1, 3, 8, 8), threads=1, settings=no_cache())
+    engine.layers.append(engine.layers[-1])
+    with pytest.raises(PruneBenchError, match="do not match its layers"):
+        time_pass(engine, torch.randn(1, 3, 8, 8), runs=1)

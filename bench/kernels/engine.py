@@ -437,6 +437,70 @@ class ParallelEngine:
         return self.engines[0].choices()
 
 
+OTHER_STEP = "other"  # PassTimes' label of a step that is not a conv (input copy, phase planes, pool, classifier)
+
+
+@dataclasses.dataclass
+class PassTimes:
+    """Where a pass goes: ``time_pass``'s times in ms, one per timed pass (or batch) in each list."""
+
+    chunk: int  # images in the timed pass
+    labels: list[str]  # per step: its conv's name, or OTHER_STEP
+    steps_ms: list[list[float]]  # per step, its time in each pass
+    walls_ms: list[float]  # each pass end to end
+    batch: int = 0  # images in the whole batch, where it is more than one pass
+    engines: int = 1  # engines that ran the batch at once (a ParallelEngine's)
+    batch_ms: list[float] = dataclasses.field(default_factory=list)  # each whole batch, as the backend runs it
+
+    def conv_ms(self, name: str) -> list[float]:
+        return self.steps_ms[self.labels.index(name)]
+
+    def other_ms(self) -> list[float]:
+        """The steps that are not convs, summed per pass."""
+        rows = [t for label, t in zip(self.labels, self.steps_ms) if label == OTHER_STEP]
+        return [sum(col) for col in zip(*rows)] if rows else [0.0] * len(self.walls_ms)
+
+
+def time_pass(engine: "Engine | ParallelEngine", example: torch.Tensor, runs: int) -> PassTimes:
+    """Time ``runs`` passes of one chunk of ``example`` with every step timed, after two untimed.
+
+    Alone, a layer is timed call after call on the same warm buffers; inside a pass its input was
+    just written by the layer before and its weights last read a pass ago. Where ``example`` is
+    several chunks, each timed pass is followed by one timed run of the whole batch as the engine
+    runs it (a ``ParallelEngine``: its engines side by side), so both see the machine alike.
+    """
+    if runs < 1:
+        raise PruneBenchError(f"time_pass: runs {runs}: give at least 1")
+    one = engine.engines[0] if isinstance(engine, ParallelEngine) else engine
+    convs = iter(r.name for r in one.layers)
+    labels = [next(convs) if isinstance(step, ConvOp) else OTHER_STEP for step in one.steps]
+    if sum(label != OTHER_STEP for label in labels) != len(one.layers):
+        raise PruneBenchError("time_pass: the engine's conv steps do not match its layers")
+    x = example[: one.chunk].float().contiguous()
+    whole = example.shape[0] > one.chunk
+    steps_ms: list[list[float]] = [[] for _ in one.steps]
+    walls, batch = [], []
+    with torch.inference_mode():
+        for _ in range(2):
+            one._run_chunk(x)
+            if whole:
+                engine.run(example)
+        for _ in range(runs):
+            one.slots[one.input_slot] = x
+            start = time.perf_counter()
+            for times, step in zip(steps_ms, one.steps):
+                t = time.perf_counter()
+                step()
+                times.append((time.perf_counter() - t) * 1e3)
+            walls.append((time.perf_counter() - start) * 1e3)
+            if whole:
+                t = time.perf_counter()
+                engine.run(example)
+                batch.append((time.perf_counter() - t) * 1e3)
+    engines = len(engine.engines) if isinstance(engine, ParallelEngine) else 1
+    return PassTimes(one.chunk, labels, steps_ms, walls, example.shape[0] if whole else 0, engines, batch)
+
+
 def compile_model(model: nn.Module, example: torch.Tensor, threads: int,
                   settings: EngineSettings | None = None, progress: Callable[[str], None] | None = None,
                   choices: dict[str, str] | None = None):
