@@ -177,6 +177,32 @@ def test_a_close_runner_up_is_confirmed_too(monkeypatch):
     assert best.name == info["plan"] == sd.OWN
 
 
+def test_the_confirmation_judges_plans_by_their_median_call(monkeypatch):
+    calls = {"n": 0}
+
+    def spiky(x):  # one call in three takes 1 ms, the others 6: the fastest call flatters it
+        calls["n"] += 1
+        time.sleep(0.001 if calls["n"] % 3 == 0 else 0.006)
+        return torch.zeros(x.shape[0], 5)
+
+    def steady(seconds):
+        def run(x):
+            time.sleep(seconds)
+            return torch.zeros(x.shape[0], 5)
+
+        return run
+
+    hybrid = f"{sd.ORT}->relu"
+    monkeypatch.setattr(sd, "PLAN_RUNNER_UP", 4.0)  # wide: our kernels alone (3 ms) are confirmed beside it
+    plans = {sd.ORT: sd.Plan(sd.ORT, steady(0.012), ["conv0"]), hybrid: sd.Plan(hybrid, spiky, []),
+             sd.OWN: sd.Plan(sd.OWN, steady(0.003), [])}
+    monkeypatch.setattr(sd, "build_plans", lambda model, example, threads, only: (plans, {"onnx_bytes": 1}))
+    best, info = sd.plan_hybrid(None, torch.zeros(1, *SHAPE), threads=1, rounds=3, use_cache=False)
+    assert list(info["plan_times_ms"])[0] == hybrid  # the round counts the fastest call: 1 ms
+    assert info["plan_confirm_ms"][hybrid] > 4.5 > info["plan_confirm_ms"][sd.OWN]  # the median: 6 ms against 3
+    assert best.name == info["plan"] == sd.OWN
+
+
 def test_a_plan_must_beat_onnx_runtime_by_the_margin():
     assert sd.choose_plan({sd.ORT: 10.0, sd.OWN: 9.0, f"{sd.ORT}->relu": 9.9}) == sd.OWN
     near = 10.0 / sd.PLAN_MARGIN * 1.01  # faster than ONNX Runtime, but by less than the margin: a tie
