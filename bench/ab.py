@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -80,16 +80,29 @@ def _jsonable(value):
     return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
 
 
-def _time_block(run, inputs, synchronize, seconds: float) -> float:
-    """Median seconds per call over calls filling ``seconds`` (at least 3 calls)."""
+def _time_block(call: Callable[[], None], seconds: float) -> float:
+    """Median seconds per call over back-to-back calls filling ``seconds`` (at least 3 calls)."""
     times = []
     end = time.perf_counter() + seconds
     while len(times) < 3 or time.perf_counter() < end:
         start = time.perf_counter()
-        run(inputs)
-        synchronize()
+        call()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def alternate_blocks(calls: dict[str, Callable[[], None]], blocks: int, block_s: float, pause_s: float,
+                     wrap: Callable[[Iterable[int]], Iterable[int]] = iter) -> dict[str, list[float]]:
+    """Each call's median seconds per call in each of ``blocks`` blocks: the calls take turns (A B, then
+    B A, ...), each block fills ``block_s`` seconds with back-to-back calls (at least 3) after ``pause_s``
+    seconds of sleep. ``wrap`` wraps the rounds (a progress bar)."""
+    names = list(calls)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for k in wrap(range(blocks)):
+        for name in names if k % 2 == 0 else names[::-1]:
+            time.sleep(pause_s)
+            times[name].append(_time_block(calls[name], block_s))
+    return times
 
 
 def compare(specs: list, settings: ABSettings, progress: bool = True) -> list[ABResult]:
@@ -129,19 +142,18 @@ def compare(specs: list, settings: ABSettings, progress: bool = True) -> list[AB
                 prepared[name], _, _ = prepare_checked(backend, bm, settings.batch_size, settings.device, threads, what)
             except NotApplicable as e:
                 raise PruneBenchError(f"{what}: {e}") from None
-        blocks: dict[str, list[float]] = {n: [] for n in names}
         with torch.inference_mode():
             for p in prepared.values():  # warm-up
                 for _ in range(3):
                     p.run(p.inputs)
                 p.synchronize()
-            for k in tqdm(range(settings.blocks), desc=f"{spec.id} bs{settings.batch_size}", disable=not progress,
-                          file=sys.stderr):
-                for name in names if k % 2 == 0 else names[::-1]:
-                    p = prepared[name]
-                    time.sleep(settings.pause_ms / 1e3)
-                    seconds = _time_block(p.run, p.inputs, p.synchronize, settings.block_s)
-                    blocks[name].append(seconds * 1e3 / settings.batch_size)
+            calls = {name: (lambda p=p: (p.run(p.inputs), p.synchronize())) for name, p in prepared.items()}
+
+            def bar(rounds, desc=f"{spec.id} bs{settings.batch_size}"):
+                return tqdm(rounds, desc=desc, disable=not progress, file=sys.stderr)
+
+            seconds = alternate_blocks(calls, settings.blocks, settings.block_s, settings.pause_ms / 1e3, bar)
+        blocks = {name: [t * 1e3 / settings.batch_size for t in seconds[name]] for name in names}
         info = {name: _jsonable(p.info) for name, p in prepared.items()}
         results.append(ABResult(spec.id, bm.facts, blocks, info))
         del prepared

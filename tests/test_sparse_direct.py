@@ -262,24 +262,6 @@ def test_variants_are_timed_round_robin_and_slow_ones_dropped():
     assert calls.count("slow") == 5  # a baseline is timed every round, however slow it looks
 
 
-def test_variants_can_be_judged_by_another_statistic_of_their_calls():
-    import statistics
-    import time
-
-    from bench.kernels.engine import time_ops
-
-    calls = {"n": 0}
-
-    def spiky():  # 1 ms on one call in three (the warm-up is the first), else 4 ms
-        calls["n"] += 1
-        time.sleep(0.001 if calls["n"] % 3 == 2 else 0.004)
-
-    fastest = time_ops({"spiky": spiky}, rounds=6, give_up=None)["spiky"]
-    calls["n"] = 0
-    median = time_ops({"spiky": spiky}, rounds=6, give_up=None, statistic=statistics.median)["spiky"]
-    assert fastest < 2.5 < 3.5 < median
-
-
 def test_a_pause_keeps_one_ops_lingering_threads_off_the_next():
     import time
 

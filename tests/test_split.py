@@ -167,6 +167,7 @@ def test_a_close_runner_up_is_confirmed_too(monkeypatch):
 
     hybrid = f"{sd.ORT}->relu"
     monkeypatch.setattr(sd, "PLAN_RUNNER_UP", 2.0)  # wide, so that sleep's jitter cannot move the plans across it
+    monkeypatch.setattr(sd, "PLAN_CONFIRM_BLOCK_S", 0.06)
     plans = {sd.ORT: sd.Plan(sd.ORT, sleeper(0.012), ["conv0"]), hybrid: sd.Plan(hybrid, lucky, []),
              sd.OWN: sd.Plan(sd.OWN, sleeper(0.003), []),  # second in the round, within PLAN_RUNNER_UP
              f"{sd.ORT}->far": sd.Plan(f"{sd.ORT}->far", sleeper(0.0045), [])}  # third: not confirmed
@@ -177,12 +178,14 @@ def test_a_close_runner_up_is_confirmed_too(monkeypatch):
     assert best.name == info["plan"] == sd.OWN
 
 
-def test_the_confirmation_judges_plans_by_their_median_call(monkeypatch):
-    calls = {"n": 0}
+def test_the_confirmation_times_plans_in_blocks_as_the_ab_does(monkeypatch):
+    state = {"last": 0.0, "streak": 0}
 
-    def spiky(x):  # one call in three takes 1 ms, the others 6: the fastest call flatters it
-        calls["n"] += 1
-        time.sleep(0.001 if calls["n"] % 3 == 0 else 0.006)
+    def sprinter(x):  # 1 ms for the first two calls after a rest, 6 ms back to back: single calls flatter it
+        now = time.perf_counter()
+        state["streak"] = 0 if now - state["last"] > 0.03 else state["streak"] + 1
+        time.sleep(0.001 if state["streak"] < 2 else 0.006)
+        state["last"] = time.perf_counter()
         return torch.zeros(x.shape[0], 5)
 
     def steady(seconds):
@@ -194,12 +197,14 @@ def test_the_confirmation_judges_plans_by_their_median_call(monkeypatch):
 
     hybrid = f"{sd.ORT}->relu"
     monkeypatch.setattr(sd, "PLAN_RUNNER_UP", 4.0)  # wide: our kernels alone (3 ms) are confirmed beside it
-    plans = {sd.ORT: sd.Plan(sd.ORT, steady(0.012), ["conv0"]), hybrid: sd.Plan(hybrid, spiky, []),
+    monkeypatch.setattr(sd, "PLAN_CONFIRM_BLOCKS", 4)
+    monkeypatch.setattr(sd, "PLAN_CONFIRM_BLOCK_S", 0.06)
+    plans = {sd.ORT: sd.Plan(sd.ORT, steady(0.012), ["conv0"]), hybrid: sd.Plan(hybrid, sprinter, []),
              sd.OWN: sd.Plan(sd.OWN, steady(0.003), [])}
     monkeypatch.setattr(sd, "build_plans", lambda model, example, threads, only: (plans, {"onnx_bytes": 1}))
     best, info = sd.plan_hybrid(None, torch.zeros(1, *SHAPE), threads=1, rounds=3, use_cache=False)
-    assert list(info["plan_times_ms"])[0] == hybrid  # the round counts the fastest call: 1 ms
-    assert info["plan_confirm_ms"][hybrid] > 4.5 > info["plan_confirm_ms"][sd.OWN]  # the median: 6 ms against 3
+    assert list(info["plan_times_ms"])[0] == hybrid  # the round: one call after an untimed one, after a pause
+    assert info["plan_confirm_ms"][hybrid] > 4.5 > info["plan_confirm_ms"][sd.OWN]  # back to back: 6 ms against 3
     assert best.name == info["plan"] == sd.OWN
 
 

@@ -345,11 +345,9 @@ class Engine:
 
 
 def time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | None = 3.0,
-             settle: int = 0, keep: tuple[str, ...] = (), pause: float = 0.0,
-             statistic: Callable[[list[float]], float] = min) -> dict[str, float]:
-    """The fastest call of each op in ms (or ``statistic`` of its calls, e.g. ``statistics.median``),
-    timed round-robin: one call of each op per round, after a warm-up call each (the first call of an
-    op can be many times slower).
+             settle: int = 0, keep: tuple[str, ...] = (), pause: float = 0.0) -> dict[str, float]:
+    """The fastest call of each op in ms, timed round-robin: one call of each op per round, after a
+    warm-up call each (the first call of an op can be many times slower).
 
     Round-robin, because a shared machine can run at two speeds for seconds at a time:
     timing one variant after another lets a slow spell fall on one of them alone (a dense
@@ -364,7 +362,7 @@ def time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | N
     """
     for op in ops.values():
         op()
-    calls: dict[str, list[float]] = {name: [] for name in ops}
+    best = {name: float("inf") for name in ops}
     alive = list(ops)
     for k in range(rounds):
         for name in alive:
@@ -374,11 +372,11 @@ def time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | N
                 ops[name]()
             t = time.perf_counter()
             ops[name]()
-            calls[name].append(time.perf_counter() - t)
+            best[name] = min(best[name], time.perf_counter() - t)
         if give_up and k >= 1:  # two calls each: one disturbed call does not rule a variant out
-            floor = min(min(c) for c in calls.values())
-            alive = [n for n in alive if min(calls[n]) <= give_up * floor or n in keep]
-    return {name: statistic(c) * 1e3 for name, c in calls.items()}
+            floor = min(best.values())
+            alive = [n for n in alive if best[n] <= give_up * floor or n in keep]
+    return {name: t * 1e3 for name, t in best.items()}
 
 
 def _warm_up(threads: int) -> None:
