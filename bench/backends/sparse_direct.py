@@ -47,7 +47,7 @@ PLAN_RUNNER_UP = 1.15
 # (the median call of each block, the median over blocks), not as single calls after a pause: confirmed by
 # single calls, a plan with ONNX Runtime for the stem beat our kernels alone (4.90 against 4.91 ms at 95%,
 # batch 1, A/B run 12; by their median call, 6.86 against 8.75 in run 13), and in every batch-1 A/B run where
-# such a plan was chosen (runs 6, 8, 9, 12, 13) it was as fast as our kernels alone or 4-11% slower
+# such a plan was chosen (runs 6-9, 12, 13) it was within 1% of our kernels alone or 9-15% slower per image
 PLAN_CONFIRM_BLOCKS = 6
 PLAN_CONFIRM_BLOCK_S = 0.25
 OWN = "sparse-direct-kernels"  # plan name: the whole model in our kernels
