@@ -112,15 +112,18 @@ def test_every_plan_matches_dense_on_fresh_inputs(tiny, monkeypatch, tmp_path):
     assert facts["onnx_zero_weights"] > 0
 
 
+def sleeper(seconds):
+    """A fake plan's call: ``seconds`` of sleep, then logits of zeros."""
+    def run(x):
+        time.sleep(seconds)
+        return torch.zeros(x.shape[0], 5)
+
+    return run
+
+
 def test_the_fastest_plan_is_kept(monkeypatch):
-    def slow(seconds):
-        def run(x):
-            time.sleep(seconds)
-            return torch.zeros(x.shape[0], 5)
-
-        return run
-
-    plans = {name: sd.Plan(name, slow(s), [f"conv{i}" for i in range(k)]) for name, s, k in
+    monkeypatch.setattr(sd, "PLAN_CONFIRM_BLOCK_S", 0.06)  # short blocks: sleeps of a few ms
+    plans = {name: sd.Plan(name, sleeper(s), [f"conv{i}" for i in range(k)]) for name, s, k in
              [(sd.OWN, 0.012, 0), (sd.ORT, 0.008, 3), (f"{sd.ORT}->relu", 0.002, 1)]}
     monkeypatch.setattr(sd, "build_plans", lambda model, example, threads, only: (plans, {"onnx_bytes": 1}))
     best, info = sd.plan_hybrid(None, torch.zeros(1, *SHAPE), threads=1, rounds=3, use_cache=False)
@@ -132,6 +135,7 @@ def test_the_fastest_plan_is_kept(monkeypatch):
 
 
 def test_a_plan_that_was_fast_only_at_first_is_not_kept(monkeypatch):
+    monkeypatch.setattr(sd, "PLAN_CONFIRM_BLOCK_S", 0.06)  # short blocks: sleeps of a few ms
     calls = {"n": 0}
 
     def lucky(x):  # fast for the first round's calls (a warm-up and 3 x (settle + timed)), slow after
@@ -139,11 +143,7 @@ def test_a_plan_that_was_fast_only_at_first_is_not_kept(monkeypatch):
         time.sleep(0.002 if calls["n"] <= 7 else 0.02)
         return torch.zeros(x.shape[0], 5)
 
-    def steady(x):
-        time.sleep(0.008)
-        return torch.zeros(x.shape[0], 5)
-
-    plans = {sd.ORT: sd.Plan(sd.ORT, steady, ["conv0"]), f"{sd.ORT}->relu": sd.Plan(f"{sd.ORT}->relu", lucky, [])}
+    plans = {sd.ORT: sd.Plan(sd.ORT, sleeper(0.008), ["conv0"]), f"{sd.ORT}->relu": sd.Plan(f"{sd.ORT}->relu", lucky, [])}
     monkeypatch.setattr(sd, "build_plans", lambda model, example, threads, only: (plans, {"onnx_bytes": 1}))
     best, info = sd.plan_hybrid(None, torch.zeros(1, *SHAPE), threads=1, rounds=3, use_cache=False)
     assert list(info["plan_times_ms"])[0] == f"{sd.ORT}->relu"  # the first round fell for it
@@ -159,24 +159,18 @@ def test_a_close_runner_up_is_confirmed_too(monkeypatch):
         time.sleep(0.002 if calls["n"] <= 7 else 0.006)
         return torch.zeros(x.shape[0], 5)
 
-    def sleeper(seconds):
-        def run(x):
-            time.sleep(seconds)
-            return torch.zeros(x.shape[0], 5)
-
-        return run
-
-    hybrid = f"{sd.ORT}->relu"
+    hybrid, near, far = f"{sd.ORT}->relu", f"{sd.ORT}->near", f"{sd.ORT}->far"
     monkeypatch.setattr(sd, "PLAN_RUNNER_UP", 2.0)  # wide, so that sleep's jitter cannot move the plans across it
     monkeypatch.setattr(sd, "PLAN_CONFIRM_BLOCK_S", 0.06)
-    plans = {sd.ORT: sd.Plan(sd.ORT, sleeper(0.012), ["conv0"]), hybrid: sd.Plan(hybrid, lucky, []),
-             sd.OWN: sd.Plan(sd.OWN, sleeper(0.003), []),  # second in the round, within PLAN_RUNNER_UP
-             f"{sd.ORT}->far": sd.Plan(f"{sd.ORT}->far", sleeper(0.0045), [])}  # third: not confirmed
+    plans = {sd.ORT: sd.Plan(sd.ORT, sleeper(0.014), ["conv0"]), hybrid: sd.Plan(hybrid, lucky, []),
+             near: sd.Plan(near, sleeper(0.003), []),  # second in the round, within PLAN_RUNNER_UP
+             far: sd.Plan(far, sleeper(0.0045), []),  # third: not confirmed
+             sd.OWN: sd.Plan(sd.OWN, sleeper(0.009), [])}  # last, and confirmed all the same
     monkeypatch.setattr(sd, "build_plans", lambda model, example, threads, only: (plans, {"onnx_bytes": 1}))
     best, info = sd.plan_hybrid(None, torch.zeros(1, *SHAPE), threads=1, rounds=3, use_cache=False)
     assert list(info["plan_times_ms"])[0] == hybrid  # the round's winner
-    assert set(info["plan_confirm_ms"]) == {hybrid, sd.OWN, sd.ORT}  # with the runner-up, not the far one
-    assert best.name == info["plan"] == sd.OWN
+    assert set(info["plan_confirm_ms"]) == {hybrid, near, sd.OWN, sd.ORT}  # with the runner-up, not the far one
+    assert best.name == info["plan"] == near
 
 
 def test_the_confirmation_times_plans_in_blocks_as_the_ab_does(monkeypatch):
@@ -189,18 +183,11 @@ def test_the_confirmation_times_plans_in_blocks_as_the_ab_does(monkeypatch):
         state["last"] = time.perf_counter()
         return torch.zeros(x.shape[0], 5)
 
-    def steady(seconds):
-        def run(x):
-            time.sleep(seconds)
-            return torch.zeros(x.shape[0], 5)
-
-        return run
-
     hybrid = f"{sd.ORT}->relu"  # in the round 3x faster than our kernels alone: far beyond PLAN_RUNNER_UP
     monkeypatch.setattr(sd, "PLAN_CONFIRM_BLOCKS", 4)
     monkeypatch.setattr(sd, "PLAN_CONFIRM_BLOCK_S", 0.06)
-    plans = {sd.ORT: sd.Plan(sd.ORT, steady(0.012), ["conv0"]), hybrid: sd.Plan(hybrid, sprinter, []),
-             sd.OWN: sd.Plan(sd.OWN, steady(0.003), [])}
+    plans = {sd.ORT: sd.Plan(sd.ORT, sleeper(0.012), ["conv0"]), hybrid: sd.Plan(hybrid, sprinter, []),
+             sd.OWN: sd.Plan(sd.OWN, sleeper(0.003), [])}
     monkeypatch.setattr(sd, "build_plans", lambda model, example, threads, only: (plans, {"onnx_bytes": 1}))
     best, info = sd.plan_hybrid(None, torch.zeros(1, *SHAPE), threads=1, rounds=3, use_cache=False)
     assert list(info["plan_times_ms"])[0] == hybrid  # the round: one call after an untimed one, after a pause
