@@ -191,9 +191,9 @@ def plan_hybrid(model: nn.Module, example: torch.Tensor, threads: int, rounds: i
                 use_cache: bool = True) -> tuple[Plan, dict]:
     """Build every plan, time them round-robin on ``example`` and return the fastest (``choose_plan``) with the
     facts of the choice. A plan that beat ONNX Runtime is timed against it once more, with the round's runner-up
-    where that was close and our kernels alone, as the A/B times backends (``bench.ab.alternate_blocks``: alternating blocks of
-    back-to-back calls), and the fastest by the median over blocks is kept if it beats ONNX Runtime there too
-    (``plan_confirm_ms``).
+    where that was close and our kernels alone, as the A/B times backends (``bench.ab.alternate_blocks``:
+    alternating blocks of back-to-back calls), and the fastest by the median over blocks is kept if it beats
+    ONNX Runtime there too (``plan_confirm_ms``).
 
     The choice is cached on disk beside the per-layer ones (``EngineSettings.cache_dir``), keyed by the
     model's weights, batch shape, threads, CPU, kernel source and ONNX Runtime version; a cached choice
