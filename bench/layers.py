@@ -169,7 +169,7 @@ def format_table(p: Profile) -> str:
         confirm = p.plan.get("plan_confirm_ms")
         if confirm:
             again = ", ".join(f"{name} {ms:.3f}" for name, ms in confirm.items())
-            lines.append(f"Timed again against ONNX Runtime, alternately and twice as long: {again}.")
+            lines.append(f"Timed again against ONNX Runtime, in alternating blocks of back-to-back calls: {again}.")
     if p.passes:
         lines += format_passes(p)
     return "\n".join(lines)

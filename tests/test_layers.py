@@ -67,7 +67,7 @@ def test_table_marks_the_layers_of_the_onnx_prefix():
     assert "| dense(R=8,V=3); runs in ONNX Runtime | 1.00x |" in table
     assert "| sparse(R=1,V=4) | 4.00x |" in table  # after the cut: our kernel
     assert "onnxruntime->x 1.500, onnxruntime 2.000. Chosen: **onnxruntime->x**" in table
-    assert "twice as long: onnxruntime->x 1.600, onnxruntime 2.100." in table
+    assert "back-to-back calls: onnxruntime->x 1.600, onnxruntime 2.100." in table
 
 
 def test_cli_writes_table_and_plot_and_refuses_to_overwrite(tmp_path, capsys):
