@@ -184,6 +184,12 @@ def test_batch_runs_in_chunks():
     x = torch.randn(32, 3, 8, 8)
     engine = compile_model(model, x, threads=2, settings=no_cache(chunk=16))
     assert engine.chunk == 16 and len(engine.engines) == 2  # two chunks, two threads: one engine each
+    first, second = engine.engines
+    assert first.conv_steps.keys() == second.conv_steps.keys() and len(first.conv_steps) == len(first.layers)
+    packs = [(getattr(first.steps[i], "packed", None), getattr(second.steps[second.conv_steps[name]], "packed", None))
+             for name, i in first.conv_steps.items()]  # torch's conv2d, if chosen, packs nothing
+    assert any(a is not None for a, _ in packs) and all(a is b for a, b in packs)  # one copy, read by both engines
+    assert first.steps[0] is not second.steps[0]  # ... through ops of their own, on buffers of their own
     with torch.no_grad():
         torch.testing.assert_close(engine.run(x), model(x), atol=1e-5, rtol=1e-5)
     with pytest.raises(PruneBenchError, match="chunks of 16"):

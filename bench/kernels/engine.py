@@ -311,6 +311,7 @@ class Engine:
         self.acts: dict[str, _ActVal] = {}  # fx node name -> buffer holding that node's value
         self.fixed: set[str] = set()  # slots that hold the same preallocated tensor (or a view of one) every run
         self.layers: list[LayerRecord] = []
+        self.conv_steps: dict[str, int] = {}  # conv name -> index of its op in steps
         self.cache_hits = 0
 
     def _run_chunk(self, x: torch.Tensor) -> torch.Tensor:
@@ -516,15 +517,21 @@ def compile_model(model: nn.Module, example: torch.Tensor, threads: int,
     chunks = n // settings.chunk if settings.chunk and n > settings.chunk and n % settings.chunk == 0 else 1
     if settings.batch_parallel and threads > 1 and chunks >= threads:
         first = _compile(model, example, 1, settings, progress, choices)
-        rest = [_compile(model, example, 1, settings, None, first.choices()) for _ in range(threads - 1)]
+        rest = [_compile(model, example, 1, settings, None, first.choices(), weights_of=first) for _ in range(threads - 1)]
         torch.set_num_threads(threads)
         return ParallelEngine([first] + rest)
     return _compile(model, example, threads, settings, progress, choices)
 
 
 def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: EngineSettings,
-             progress: Callable[[str], None] | None = None, choices: dict[str, str] | None = None) -> Engine:
-    """One engine; ``choices`` (conv name -> variant, from an engine built alike) skips the timing."""
+             progress: Callable[[str], None] | None = None, choices: dict[str, str] | None = None,
+             weights_of: Engine | None = None) -> Engine:
+    """One engine; ``choices`` (conv name -> variant, from an engine built alike) skips the timing.
+
+    ``weights_of``: an engine built alike whose packed weights this one reads too, where a conv
+    runs the same variant (the engines of a ``ParallelEngine``: one copy in cache instead of one
+    per engine; the weights are only read while running).
+    """
     if example.dim() != 4:
         raise PruneBenchError(f"sparse-direct runs image models: input of shape {tuple(example.shape)} is not NCHW")
     n = example.shape[0]
@@ -614,7 +621,10 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
 
         def make(v: Variant) -> ConvOp:
             packed = None
-            if v.kind == "rows":
+            twin = weights_of.steps[weights_of.conv_steps[p.name]] if weights_of and p.name in weights_of.conv_steps else None
+            if isinstance(twin, ConvOp) and twin.variant == v and hasattr(twin, "packed"):
+                packed = twin.packed
+            elif v.kind == "rows":
                 if ("rows", v.chunk) not in packs:
                     packs[("rows", v.chunk)] = PackedRows.pack(weight, conv.bias, offsets, v.chunk)
                 packed = packs[("rows", v.chunk)]
@@ -663,6 +673,7 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
                 runners_up = {n: ops[n] for n in ranked[1:REFINE_TOP] if times[n] <= REFINE_WITHIN * times[ranked[0]]}
             del ops
         engine.steps.append(op)
+        engine.conv_steps[p.name] = len(engine.steps) - 1
         if progress:
             progress(p.name)
         kh, kw = geom.kernel
