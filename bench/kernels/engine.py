@@ -517,7 +517,8 @@ def compile_model(model: nn.Module, example: torch.Tensor, threads: int,
     chunks = n // settings.chunk if settings.chunk and n > settings.chunk and n % settings.chunk == 0 else 1
     if settings.batch_parallel and threads > 1 and chunks >= threads:
         first = _compile(model, example, 1, settings, progress, choices)
-        rest = [_compile(model, example, 1, settings, None, first.choices(), weights_of=first) for _ in range(threads - 1)]
+        rest = [_compile(model, example, 1, settings, None, first.choices(), weights_of=first)
+                for _ in range(threads - 1)]
         torch.set_num_threads(threads)
         return ParallelEngine([first] + rest)
     return _compile(model, example, threads, settings, progress, choices)
@@ -621,7 +622,9 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
 
         def make(v: Variant) -> ConvOp:
             packed = None
-            twin = weights_of.steps[weights_of.conv_steps[p.name]] if weights_of and p.name in weights_of.conv_steps else None
+            twin = None  # the same conv in ``weights_of``, whose packed weights this one reads
+            if weights_of is not None and p.name in weights_of.conv_steps:
+                twin = weights_of.steps[weights_of.conv_steps[p.name]]
             if isinstance(twin, ConvOp) and twin.variant == v and hasattr(twin, "packed"):
                 packed = twin.packed
             elif v.kind == "rows":

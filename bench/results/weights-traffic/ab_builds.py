@@ -108,8 +108,8 @@ def model(sparsity: float, batch: int, blocks: int) -> None:
                     times.append(time.perf_counter() - t)
                 medians.append(statistics.median(times))
         r = [p / q for p, q in zip(ba, bb)]
-        print(f"S={sparsity} bs={batch}: A {statistics.median(ba) * 1e3:.3f} ms  B {statistics.median(bb) * 1e3:.3f} ms  "
-              f"A/B median {statistics.median(r):.3f} (range {min(r):.3f}-{max(r):.3f})")
+        print(f"S={sparsity} bs={batch}: A {statistics.median(ba) * 1e3:.3f} ms  "
+              f"B {statistics.median(bb) * 1e3:.3f} ms  A/B median {statistics.median(r):.3f} (range {min(r):.3f}-{max(r):.3f})")
 
 
 if mode == "layer":

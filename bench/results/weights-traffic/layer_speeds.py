@@ -42,8 +42,8 @@ def fastest(op, calls: int = 8, flush: torch.Tensor | None = None) -> float:
 
 
 if mode == "density":
-    variants = [Variant("sparse", 1, 6, 0, 32), Variant("sparse", 1, 6, 0, 32, True), Variant("rows", 1, 4, 0, 32, True),
-                Variant("sparse", 1, 6)]
+    variants = [Variant("sparse", 1, 6, 0, 32), Variant("sparse", 1, 6, 0, 32, True),
+                Variant("rows", 1, 4, 0, 32, True), Variant("sparse", 1, 6)]
     for density in (1.0, 0.5, 0.25, 0.1, 0.05):
         w, b, nnz = weights(density)
         cells = []
@@ -53,7 +53,8 @@ if mode == "density":
         print(density, " | ".join(cells))
 elif mode == "chunks":
     w, b, nnz = weights(float(sys.argv[4]))
-    variants = [Variant("sparse", 1, v, 0, c, True) for v in (1, 2, 3, 4, 6) if (1, v) in KERNELS for c in (4, 8, 16, 32, 64)]
+    variants = [Variant("sparse", 1, v, 0, c, True) for v in (1, 2, 3, 4, 6) if (1, v) in KERNELS
+                for c in (4, 8, 16, 32, 64)]
     variants += [Variant("rows", 1, v, 0, c, True) for v in (2, 4) for c in (4, 8, 16, 32, 64)]
     ops = [(v, ConvOp(geom, w, b, v, x, out, None, None, True, 1)) for v in variants]
     best = {str(v): min(fastest(op, 2) for _ in range(4)) for v, op in ops}
@@ -71,5 +72,5 @@ else:
                 op = ConvOp(geom, w, b, v, x, out, None, None, True, threads)
                 rows.append((fastest(op, 10), fastest(op, 10, flush), threads, str(v), op.nbytes))
         for hot, cold, threads, v, nbytes in sorted(rows)[:4]:
-            print(f"density {density} threads {threads} {v:36s} in cache {hot * 1e3:.3f} ms, flushed {cold * 1e3:.3f} ms,"
-                  f" weights {nbytes / 2 ** 20:.2f} MiB")
+            print(f"density {density} threads {threads} {v:36s} in cache {hot * 1e3:.3f} ms, "
+                  f"flushed {cold * 1e3:.3f} ms, weights {nbytes / 2 ** 20:.2f} MiB")

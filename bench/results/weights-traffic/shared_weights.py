@@ -34,5 +34,5 @@ with torch.no_grad():
                 times.append(time.perf_counter() - t)
             medians.append(statistics.median(times))
     r = [q / p for p, q in zip(one, two)]
-    print(f"S={sparsity} bs64: shared {statistics.median(one) * 1e3:.1f} ms, separate {statistics.median(two) * 1e3:.1f} ms;"
-          f" separate/shared median {statistics.median(r):.3f} (range {min(r):.3f}-{max(r):.3f})")
+    print(f"S={sparsity} bs64: shared {statistics.median(one) * 1e3:.1f} ms, "
+          f"separate {statistics.median(two) * 1e3:.1f} ms; separate/shared median {statistics.median(r):.3f} (range {min(r):.3f}-{max(r):.3f})")
