@@ -27,6 +27,7 @@ from torch.utils import cpp_extension
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
 import bench.kernels as K  # noqa: E402
 import bench.kernels.engine as E  # noqa: E402
+from bench.ab import alternate_blocks  # noqa: E402
 from bench.kernels import Act, ConvGeometry, ConvOp, candidate_variants, to_act  # noqa: E402
 from bench.models import example_batch, synthetic_resnet18  # noqa: E402
 
@@ -92,24 +93,21 @@ def model(sparsity: float, batch: int, blocks: int) -> None:
         y_a = eng_a.run(x)
         current[0] = mod_b
         assert torch.equal(y_a, eng_b.run(x)), "the two builds' outputs differ"
-        block_s = 0.5 if batch == 1 else 1.5
-        ba, bb = [], []
-        for k in range(blocks):
-            turns = ((eng_a, ba, mod_a, mod_b), (eng_b, bb, mod_b, mod_a))
-            for eng, medians, mine, other in turns if k % 2 == 0 else turns[::-1]:
+
+        def turn(engine, mine, other):  # a block's calls: the other build's pool at rest, this build's helpers
+            def call():
                 other.rest()
-                time.sleep(0.05)
                 current[0] = mine
-                eng.run(x)
-                times, end = [], time.perf_counter() + block_s
-                while time.perf_counter() < end:
-                    t = time.perf_counter()
-                    eng.run(x)
-                    times.append(time.perf_counter() - t)
-                medians.append(statistics.median(times))
+                engine.run(x)
+            return call
+
+        medians = alternate_blocks({"A": turn(eng_a, mod_a, mod_b), "B": turn(eng_b, mod_b, mod_a)}, blocks,
+                                   0.5 if batch == 1 else 1.5, 0.05)
+        ba, bb = medians["A"], medians["B"]
         r = [p / q for p, q in zip(ba, bb)]
         print(f"S={sparsity} bs={batch}: A {statistics.median(ba) * 1e3:.3f} ms  "
-              f"B {statistics.median(bb) * 1e3:.3f} ms  A/B median {statistics.median(r):.3f} (range {min(r):.3f}-{max(r):.3f})")
+              f"B {statistics.median(bb) * 1e3:.3f} ms  A/B median {statistics.median(r):.3f} "
+              f"(range {min(r):.3f}-{max(r):.3f})")
 
 
 if mode == "layer":

@@ -5,12 +5,12 @@
 import pathlib
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
 import bench.kernels.engine as E  # noqa: E402
+from bench.ab import alternate_blocks  # noqa: E402
 from bench.models import example_batch, synthetic_resnet18  # noqa: E402
 
 sparsity, blocks = float(sys.argv[1]), int(sys.argv[2])
@@ -21,18 +21,10 @@ with torch.no_grad():
     shared = E.compile_model(net, x, 2)
     separate = E.ParallelEngine([E._compile(net, x, 1, E.EngineSettings(), None, shared.choices()) for _ in range(2)])
     assert torch.equal(shared.run(x), separate.run(x))
-    one, two = [], []
-    for k in range(blocks):
-        turns = ((shared, one), (separate, two))
-        for engine, medians in turns if k % 2 == 0 else turns[::-1]:
-            time.sleep(0.05)
-            engine.run(x)
-            times, end = [], time.perf_counter() + 1.5
-            while time.perf_counter() < end:
-                t = time.perf_counter()
-                engine.run(x)
-                times.append(time.perf_counter() - t)
-            medians.append(statistics.median(times))
+    calls = {"shared": lambda: shared.run(x), "separate": lambda: separate.run(x)}
+    medians = alternate_blocks(calls, blocks, 1.5, 0.05)  # 50 ms of rest before each block of 1.5 s
+    one, two = medians["shared"], medians["separate"]
     r = [q / p for p, q in zip(one, two)]
     print(f"S={sparsity} bs64: shared {statistics.median(one) * 1e3:.1f} ms, "
-          f"separate {statistics.median(two) * 1e3:.1f} ms; separate/shared median {statistics.median(r):.3f} (range {min(r):.3f}-{max(r):.3f})")
+          f"separate {statistics.median(two) * 1e3:.1f} ms; separate/shared median {statistics.median(r):.3f} "
+          f"(range {min(r):.3f}-{max(r):.3f})")
