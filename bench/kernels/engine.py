@@ -620,11 +620,12 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
         packs: dict[tuple, PackedWeights | PackedRows] = {}  # variants differing only in tiling share their weights
         offsets = geom.tap_offsets()
 
+        twin = None  # the same conv in ``weights_of``, whose packed weights this one reads
+        if weights_of is not None and p.name in weights_of.conv_steps:
+            twin = weights_of.steps[weights_of.conv_steps[p.name]]
+
         def make(v: Variant) -> ConvOp:
             packed = None
-            twin = None  # the same conv in ``weights_of``, whose packed weights this one reads
-            if weights_of is not None and p.name in weights_of.conv_steps:
-                twin = weights_of.steps[weights_of.conv_steps[p.name]]
             if isinstance(twin, ConvOp) and twin.variant == v and hasattr(twin, "packed"):
                 packed = twin.packed
             elif v.kind == "rows":
