@@ -1,0 +1,51 @@
+"""One-off: the stack kernel over three aligned copies of its input, one per kernel column (tried, not kept).
+
+    git apply bench/results/load-rate/stack-aligned-copies.diff
+    python bench/results/load-rate/aligned_copies.py 64 32 0.5 2   # layer1's shape at 50% density, two threads
+    git apply -R bench/results/load-rate/stack-aligned-copies.diff
+
+The diff adds Variant(..., aligned=True): each call first copies the input into three planes per channel (rows
+of W floats, shifted by kx - 1), so that every tap's loads are whole vectors on whole cache lines, then runs the
+stack kernel on them. Timed: the layout as it is, the aligned variant, and the aligned variant with the copy
+skipped (it reads the copies the first call made), to tell the kernel's speed from the copy's cost.
+"""
+import pathlib
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
+from bench.kernels import Act, ConvGeometry, ConvOp, Variant, from_act, to_act  # noqa: E402
+
+torch.manual_seed(0)
+C, H, d, threads = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+w = torch.randn(C, C, 3, 3); w *= torch.rand_like(w) < d; b = torch.randn(C)
+x = torch.randn(1, C, H, H)
+ref = torch.relu(torch.nn.functional.conv2d(x, w, b, padding=1))
+inp = Act(C, H, H, 1, 1)
+geom = ConvGeometry.make(inp, C, (3, 3), 1, 1, out_border=1)
+xb = to_act(x, inp); out = geom.out.alloc()
+ops = {}
+for v in [Variant("stack", 4, 1, 0, c, t, a) for c in (0, 16, 32) for t in (False, True) for a in (False, True)]:
+    op = ConvOp(geom, w, b, v, xb, out, None, None, True, threads)
+    op()
+    torch.testing.assert_close(from_act(out, geom.out), ref, rtol=1e-4, atol=1e-4)
+    ops[str(v)] = op
+    if v.aligned:
+        op2 = ConvOp(geom, w, b, v, xb, out, None, None, True, threads)
+        op2()
+        a = list(op2._args)
+        a[2], a[-4] = op2.copies.data_ptr(), 0  # read the copies as input, copy no channel
+        op2._args = tuple(a)
+        op2()
+        ops[str(v) + " no copy"] = op2
+best = dict.fromkeys(ops, 1e9)
+for _ in range(30):
+    for k, op in ops.items():
+        op()
+        t = time.perf_counter()
+        op(), op(), op()
+        best[k] = min(best[k], (time.perf_counter() - t) / 3)
+for k, t in best.items():
+    print(f"{k:46s} {t * 1e3:.3f} ms")
