@@ -203,6 +203,15 @@ def test_a_plan_must_beat_onnx_runtime_by_the_margin():
     assert sd.choose_plan({sd.OWN: 3.0, f"{sd.ORT}->relu": 2.0}) == f"{sd.ORT}->relu"  # no baseline timed
 
 
+def test_a_prefix_plan_must_beat_our_kernels_alone_by_the_margin():
+    prefix = f"{sd.ORT}->relu"
+    tie = 8.0 / sd.PLAN_PREFIX_MARGIN * 1.01  # faster than our kernels alone, but by less than the margin
+    assert sd.choose_plan({sd.ORT: 10.0, sd.OWN: 8.0, prefix: tie}) == sd.OWN
+    assert sd.choose_plan({sd.ORT: 10.0, sd.OWN: 8.0, prefix: 7.0}) == prefix  # by more: the prefix
+    # the tie goes to our kernels alone, which must then beat ONNX Runtime by its own margin
+    assert sd.choose_plan({sd.ORT: 8.2, sd.OWN: 8.0, prefix: 7.7}) == sd.ORT
+
+
 def test_backend_runs_the_chosen_plan(tiny, monkeypatch, tmp_path):
     monkeypatch.setenv("PRUNEBENCH_CACHE", str(tmp_path))
     backend = get_backend("sparse-direct")
