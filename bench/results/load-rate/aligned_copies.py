@@ -11,11 +11,12 @@ skipped (it reads the copies the first call made), to tell the kernel's speed fr
 """
 import pathlib
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
+from in_turn import fastest_in_turn  # noqa: E402  (this folder)
+
 from bench.kernels import Act, ConvGeometry, ConvOp, Variant, from_act, to_act  # noqa: E402
 
 torch.manual_seed(0)
@@ -40,12 +41,6 @@ for v in [Variant("stack", 4, 1, 0, c, t, a) for c in (0, 16, 32) for t in (Fals
         op2._args = tuple(a)
         op2()
         ops[str(v) + " no copy"] = op2
-best = dict.fromkeys(ops, 1e9)
-for _ in range(30):
-    for k, op in ops.items():
-        op()
-        t = time.perf_counter()
-        op(), op(), op()
-        best[k] = min(best[k], (time.perf_counter() - t) / 3)
+best = fastest_in_turn(ops)
 for k, t in best.items():
     print(f"{k:46s} {t * 1e3:.3f} ms")

@@ -11,11 +11,12 @@ of 30 rounds of 3 calls.
 """
 import pathlib
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
+from in_turn import fastest_in_turn  # noqa: E402  (this folder)
+
 from bench.kernels import Act, ConvGeometry, ConvOp, Variant, from_act, to_act  # noqa: E402
 
 torch.manual_seed(0)
@@ -41,13 +42,7 @@ for B in (1, 2, 4, 8, 16):
             op()
             torch.testing.assert_close(from_act(out, geom.out), ref, rtol=1e-4, atol=1e-4)
             ops[B, taps, str(v)] = op
-best = dict.fromkeys(ops, float("inf"))
-for _ in range(30):
-    for key, op in ops.items():
-        op()
-        t = time.perf_counter()
-        op(), op(), op()
-        best[key] = min(best[key], (time.perf_counter() - t) / 3)
+best = fastest_in_turn(ops)
 for v in variants:
     print(v)
     for B in (1, 2, 4, 8, 16):

@@ -10,11 +10,12 @@ Both ops are built, checked against torch's conv2d, then called alternately; fas
 """
 import pathlib
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
+from in_turn import fastest_in_turn  # noqa: E402  (this folder)
+
 from bench.kernels import Act, ConvGeometry, ConvOp, Variant, from_act, to_act  # noqa: E402
 
 torch.manual_seed(0)
@@ -41,13 +42,7 @@ for layout, pitch in (("as is", as_is), ("padded", padded)):
         ops[layout, str(v)] = op
     print(f"{layout}: row pitch {inp.pitch} floats")
 Act.pitch = as_is
-best = dict.fromkeys(ops, float("inf"))
-for _ in range(30):
-    for key, op in ops.items():
-        op()
-        t = time.perf_counter()
-        op(), op(), op()
-        best[key] = min(best[key], (time.perf_counter() - t) / 3)
+best = fastest_in_turn(ops)
 for v in variants:
     a, p = best["as is", str(v)], best["padded", str(v)]
     print(f"{str(v):32s} as is {a * 1e3:.3f} ms, padded {p * 1e3:.3f} ms: padded {a / p:.2f}x as fast")
