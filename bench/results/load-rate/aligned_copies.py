@@ -7,7 +7,8 @@
 The diff adds Variant(..., aligned=True): each call first copies the input into three planes per channel (rows
 of W floats, shifted by kx - 1), so that every tap's loads are whole vectors on whole cache lines, then runs the
 stack kernel on them. Timed: the layout as it is, the aligned variant, and the aligned variant with the copy
-skipped (it reads the copies the first call made), to tell the kernel's speed from the copy's cost.
+skipped (it reads the copies the first call made), to tell the kernel's speed from the copy's cost; then the
+copy alone, as the difference between the two layouts on a conv with a single nonzero weight.
 """
 import pathlib
 import sys
@@ -21,12 +22,14 @@ from bench.kernels import Act, ConvGeometry, ConvOp, Variant, from_act, to_act  
 
 torch.manual_seed(0)
 C, H, d, threads = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-w = torch.randn(C, C, 3, 3); w *= torch.rand_like(w) < d; b = torch.randn(C)
+w = torch.randn(C, C, 3, 3)
+w *= torch.rand_like(w) < d
+b = torch.randn(C)
 x = torch.randn(1, C, H, H)
 ref = torch.relu(torch.nn.functional.conv2d(x, w, b, padding=1))
 inp = Act(C, H, H, 1, 1)
 geom = ConvGeometry.make(inp, C, (3, 3), 1, 1, out_border=1)
-xb = to_act(x, inp); out = geom.out.alloc()
+xb, out = to_act(x, inp), geom.out.alloc()
 ops = {}
 for v in [Variant("stack", 4, 1, 0, c, t, a) for c in (0, 16, 32) for t in (False, True) for a in (False, True)]:
     op = ConvOp(geom, w, b, v, xb, out, None, None, True, threads)
@@ -37,10 +40,17 @@ for v in [Variant("stack", 4, 1, 0, c, t, a) for c in (0, 16, 32) for t in (Fals
         op2 = ConvOp(geom, w, b, v, xb, out, None, None, True, threads)
         op2()
         a = list(op2._args)
-        a[2], a[-4] = op2.copies.data_ptr(), 0  # read the copies as input, copy no channel
+        a[2], a[-3] = op2.copies.data_ptr(), 0  # the copies as input, and no channel to copy (cin = 0)
         op2._args = tuple(a)
         op2()
         ops[str(v) + " no copy"] = op2
 best = fastest_in_turn(ops)
 for k, t in best.items():
     print(f"{k:46s} {t * 1e3:.3f} ms")
+lone = torch.zeros(C, C, 3, 3)
+lone[0, 0, 1, 1] = 1.0
+ops = {a: ConvOp(geom, lone, b, Variant("stack", 4, 1, 0, 0, False, a), xb, out, None, None, True, threads)
+       for a in (False, True)}
+best = fastest_in_turn(ops, 50)
+print(f"one nonzero weight: as is {best[False] * 1e6:.1f} us, aligned {best[True] * 1e6:.1f} us: "
+      f"the copy of {3 * C * (H + 2) * H * 4 // 1024} KiB costs {(best[True] - best[False]) * 1e6:.1f} us")
