@@ -118,9 +118,14 @@ __attribute__((noinline)) static void reuse6(const float* in, const int32_t* src
     *(vh*)out += s;
 }
 
-struct Span {
+struct Span {  // a buffer and the mask of the float offsets loads() reads in it
     float* buf;
-    int64_t mask;  // for peak: the number of rounds
+    int64_t mask;
+    float* sink;
+};
+
+struct Peak {
+    int64_t rounds;
     float* sink;
 };
 
@@ -150,8 +155,8 @@ int main() {
     float sink[8] = {0};
     {
         const int64_t n = 20000000;
-        Span c{sink, n, sink};
-        const double t = seconds([](void* p) { auto& c = *(Span*)p; peak(c.sink, c.mask); }, &c, 5);
+        Peak c{n, sink};
+        const double t = seconds([](void* p) { auto& c = *(Peak*)p; peak(c.sink, c.rounds); }, &c, 5);
         std::printf("peak, registers only:      %5.1f GMAC/s (%.2f G vector multiply-adds/s)\n", n * 10 * 8 / t / 1e9,
                     n * 10 / t / 1e9);
     }
@@ -160,7 +165,7 @@ int main() {
     for (int64_t foot : {8192, 16384, 32768, 65536, 262144, 1048576}) {
         Span c{buf, foot / 4 - 1, sink};
         const int64_t n = 5000000;
-        const double t = seconds([](void* p) { auto& c = *(Span*)p; loads(c.buf, c.sink, 5000000, c.mask); }, &c, 5);
+        const double t = seconds([](void* p) { auto& c = *(Span*)p; loads(c.buf, c.sink, n, c.mask); }, &c, 5);
         std::printf("loads only, %7lld B:      %5.2f G 32-byte loads/s\n", (long long)foot, n * 16 / t / 1e9);
     }
     for (int64_t foot : {4096, 16384, 32768, 49152, 98304, 262144, 1048576}) {
