@@ -16,17 +16,11 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
-from in_turn import fastest_in_turn  # noqa: E402  (this folder)
+from in_turn import fastest_in_turn, layer_from_argv  # noqa: E402  (this folder)
 
 from bench.kernels import Act, ConvGeometry, ConvOp, Variant, from_act, to_act  # noqa: E402
 
-torch.manual_seed(0)
-C, H, d, threads = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-w = torch.randn(C, C, 3, 3)
-w *= torch.rand_like(w) < d
-b = torch.randn(C)
-x = torch.randn(1, C, H, H)
-ref = torch.relu(torch.nn.functional.conv2d(x, w, b, padding=1))
+C, H, threads, w, b, x, ref = layer_from_argv()
 inp = Act(C, H, H, 1, 1)
 geom = ConvGeometry.make(inp, C, (3, 3), 1, 1, out_border=1)
 xb, out = to_act(x, inp), geom.out.alloc()
