@@ -23,12 +23,12 @@ import dataclasses
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import torch
 
+from bench.timing import alternate_blocks, pair_ratios
 from exporters import run_cli
 from prune.cli import add_settings, settings_from
 from prune.errors import PruneBenchError
@@ -68,7 +68,7 @@ class ABResult:
 
     def ratios(self, baseline: str, backend: str) -> list[float]:
         """Speedup of ``backend`` over ``baseline`` in each block pair (> 1: faster than the baseline)."""
-        return [b / x for b, x in zip(self.blocks[baseline], self.blocks[backend])]
+        return pair_ratios(self.blocks[baseline], self.blocks[backend])
 
 
 def _jsonable(value):
@@ -78,31 +78,6 @@ def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
-
-
-def _time_block(call: Callable[[], None], seconds: float) -> float:
-    """Median seconds per call over back-to-back calls filling ``seconds`` (at least 3 calls)."""
-    times = []
-    end = time.perf_counter() + seconds
-    while len(times) < 3 or time.perf_counter() < end:
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def alternate_blocks(calls: dict[str, Callable[[], None]], blocks: int, block_s: float, pause_s: float,
-                     wrap: Callable[[Iterable[int]], Iterable[int]] = iter) -> dict[str, list[float]]:
-    """Each call's median seconds per call in each of ``blocks`` blocks: the calls take turns (A B, then
-    B A, ...), each block fills ``block_s`` seconds with back-to-back calls (at least 3) after ``pause_s``
-    seconds of sleep. ``wrap`` wraps the rounds (a progress bar)."""
-    names = list(calls)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for k in wrap(range(blocks)):
-        for name in names if k % 2 == 0 else names[::-1]:
-            time.sleep(pause_s)
-            times[name].append(_time_block(calls[name], block_s))
-    return times
 
 
 def compare(specs: list, settings: ABSettings, progress: bool = True) -> list[ABResult]:

@@ -247,7 +247,7 @@ def test_variants_are_timed_round_robin_and_slow_ones_dropped():
     # one call of each variant per round: a slow spell of the machine then falls on all variants alike
     import time
 
-    from bench.kernels.engine import time_ops
+    from bench.timing import time_ops
 
     calls = []
 
@@ -271,7 +271,7 @@ def test_variants_are_timed_round_robin_and_slow_ones_dropped():
 def test_a_pause_keeps_one_ops_lingering_threads_off_the_next():
     import time
 
-    from bench.kernels.engine import time_ops
+    from bench.timing import time_ops
 
     last = {"end": 0.0}
 

@@ -212,8 +212,9 @@ def plan_hybrid(model: nn.Module, example: torch.Tensor, threads: int, rounds: i
     model's weights, batch shape, threads, CPU, kernel source and ONNX Runtime version; a cached choice
     builds only that plan and times nothing.
     """
-    from bench.ab import alternate_blocks
-    from bench.kernels.engine import ChoiceCache, EngineSettings, time_ops
+    from bench.timing import alternate_blocks
+    from bench.kernels.engine import ChoiceCache, EngineSettings
+    from bench.timing import time_ops
 
     key = _plan_key(model, example, threads) if use_cache else None
     cached = ChoiceCache(EngineSettings()).get(key) if key else None

@@ -30,6 +30,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from bench.fold import fold_batchnorm
+from bench.timing import time_ops
 from bench.kernels import (
     SOURCE,
     Act,
@@ -343,41 +344,6 @@ class Engine:
 
     def choices(self) -> dict[str, str]:
         return {r.name: r.choice for r in self.layers}
-
-
-def time_ops(ops: dict[str, Callable[[], None]], rounds: int, give_up: float | None = 3.0,
-             settle: int = 0, keep: tuple[str, ...] = (), pause: float = 0.0) -> dict[str, float]:
-    """The fastest call of each op in ms, timed round-robin: one call of each op per round, after a
-    warm-up call each (the first call of an op can be many times slower).
-
-    Round-robin, because a shared machine can run at two speeds for seconds at a time:
-    timing one variant after another lets a slow spell fall on one of them alone (a dense
-    layer once chose a sparse kernel 1.3x slower than its dense one that way, and the
-    choice cache kept it). After two rounds, ops slower than ``give_up`` times the best so
-    far stop being timed (they will not be chosen), which keeps preparing quick. ``settle``
-    untimed calls precede each timed one: where the ops are whole engines whose threads
-    linger after a call (spinning, waking), the first call after a switch pays for the
-    previous op's threads, which a run of one op alone does not. ``pause`` seconds of sleep
-    precede each op's calls, for threads that keep spinning for longer than a call (ONNX
-    Runtime's). Ops named in ``keep`` (a baseline) are timed every round however slow they look.
-    """
-    for op in ops.values():
-        op()
-    best = {name: float("inf") for name in ops}
-    alive = list(ops)
-    for k in range(rounds):
-        for name in alive:
-            if pause:
-                time.sleep(pause)
-            for _ in range(settle):
-                ops[name]()
-            t = time.perf_counter()
-            ops[name]()
-            best[name] = min(best[name], time.perf_counter() - t)
-        if give_up and k >= 1:  # two calls each: one disturbed call does not rule a variant out
-            floor = min(best.values())
-            alive = [n for n in alive if best[n] <= give_up * floor or n in keep]
-    return {name: t * 1e3 for name, t in best.items()}
 
 
 def _warm_up(threads: int) -> None:
