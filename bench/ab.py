@@ -62,6 +62,7 @@ class ABResult:
     facts: dict
     blocks: dict[str, list[float]]
     info: dict = dataclasses.field(default_factory=dict)  # per backend: what its prepare reported (choices, plan...)
+    dense: dict = dataclasses.field(default_factory=dict)  # per backend: whether it computes every weight
 
     def median(self, backend: str) -> float:
         return statistics.median(self.blocks[backend])
@@ -130,9 +131,71 @@ def compare(specs: list, settings: ABSettings, progress: bool = True) -> list[AB
             seconds = alternate_blocks(calls, settings.blocks, settings.block_s, settings.pause_ms / 1e3, bar)
         blocks = {name: [t * 1e3 / settings.batch_size for t in seconds[name]] for name in names}
         info = {name: _jsonable(p.info) for name, p in prepared.items()}
-        results.append(ABResult(spec.id, bm.facts, blocks, info))
+        results.append(ABResult(spec.id, bm.facts, blocks, info, {b.name: b.dense for b in backends}))
         del prepared
     return results
+
+
+TIMED = "interleaved blocks: each round is one block's median run(inputs) + synchronize(), torch.inference_mode"
+
+
+def benchmark_record(results: list[ABResult], settings: ABSettings, threads: int) -> dict:
+    """The A/B in pytest-benchmark's JSON schema, so that ``pytest-benchmark compare`` and ``bench.report`` read it.
+
+    One benchmark per model and backend; its rounds are the blocks (seconds per call of one
+    batch, as the suite's), its ``extra_info`` the suite's keys plus the blocks in order and the
+    block-pair ratios against every other backend of the same model, which were timed in turn.
+    """
+
+    from pytest_benchmark.plugin import get_commit_info, pytest_benchmark_generate_machine_info
+    from pytest_benchmark.stats import Stats
+
+    from bench.models import bench_versions, expected_limit
+
+    versions = bench_versions()
+    date = versions.pop("date")
+    benchmarks = []
+    for r in results:
+        for name, per_image in r.blocks.items():
+            stats = Stats()
+            for ms in per_image:
+                stats.update(ms * settings.batch_size / 1e3)
+            case = f"{r.model}-b{settings.batch_size}-{name}-{settings.device}"
+            benchmarks.append({
+                "group": f"{r.model} batch {settings.batch_size}",
+                "name": f"ab[{case}]",
+                "fullname": f"bench.ab::ab[{case}]",
+                "params": {"model": r.model, "batch_size": settings.batch_size, "backend_name": name,
+                           "device": settings.device},
+                "param": case,
+                "extra_info": {
+                    "backend": name,
+                    "dense_backend": r.dense[name],
+                    "device": settings.device,
+                    "batch_size": settings.batch_size,
+                    **r.facts,
+                    "speedup_limit": expected_limit(r.facts.get("mac_sparsity", 0.0)),
+                    "threads": threads,
+                    "timed": TIMED,
+                    "interleaved": True,
+                    "blocks": settings.blocks,
+                    "block_s": settings.block_s,
+                    "pause_ms": settings.pause_ms,
+                    "blocks_ms_per_image": per_image,
+                    "pair_ratios": {other: r.ratios(other, name) for other in r.blocks if other != name},
+                    **versions,
+                    **{k: v for k, v in r.info.get(name, {}).items() if k not in ("backend", "device")},
+                },
+                "options": {"timer": "perf_counter", "mode": "interleaved blocks"},
+                "stats": {**stats.as_dict(), "iterations": 1},
+            })
+    return {
+        "machine_info": pytest_benchmark_generate_machine_info(),
+        "commit_info": get_commit_info(),
+        "benchmarks": benchmarks,
+        "datetime": date,
+        "version": __import__("pytest_benchmark").__version__,
+    }
 
 
 def format_table(results: list[ABResult], settings: ABSettings, threads: int) -> str:
@@ -207,12 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table)
         if targets:
             targets[0].write_text(table + "\n")
-            record = {
-                "settings": dataclasses.asdict(settings),
-                "threads": threads,
-                "versions": bench_models.bench_versions(),
-                "results": [dataclasses.asdict(r) for r in results],
-            }
+            record = benchmark_record(results, settings, threads)
             targets[1].write_text(json.dumps(record, indent=1) + "\n")
             plot(results, settings, targets[2])
             print(f"wrote {targets[0]}, {targets[1]} and {targets[2]}", file=sys.stderr)

@@ -1,17 +1,23 @@
-"""Turn saved pytest-benchmark runs into the answer: latency per image and speedup per model, backend and batch size.
+"""Turn saved benchmark runs into the answer: speedup over the best dense backend, per CPU kind, batch and sparsity.
 
     python -m bench.report .benchmarks/*/0001_*.json [RUN2.json ...] [-o OUTDIR] [--force]
 
-Two speedups for each case, beside the most any sparse kernel could give:
-- vs own dense: the backend's time on the dense (0%) model over its time on
-  this model (the seed study's definition: does pruning speed *this* backend up?);
-- vs best dense: the fastest backend's time on the dense model, same device and
-  batch, over this case's time (the honest one: is the pruned model faster than
-  the best way to run the unpruned one?);
+It reads pytest-benchmark JSON: what ``pytest bench --benchmark-autosave`` saves and
+what ``python -m bench.ab -o DIR`` writes (the same schema, with each round one
+block of an interleaved A/B). Per case:
+- vs best dense: the fastest dense backend (one that computes every weight,
+  ``Backend.dense``) on the same device and batch, over this case. Where the
+  case and that backend were timed in turn on the same model (an A/B), it is the
+  median over block pairs, the lowest and highest pair its spread; else the
+  dense backend's median on the dense (0%) model over the case's median. This is
+  the answer: is the pruned model faster than the best way to run the unpruned one?
+- vs own dense: the backend's time on its dense (0%) model over its time on this
+  model (the seed study's definition: does pruning speed *this* backend up?);
 - limit: 1 / (1 - s_mac), s_mac the share of multiply-accumulates whose weight
   is pruned (``extra_info["mac_sparsity"]``).
-Given several runs, each later run's latency is also shown as a ratio to the
-first's. Writes ``report.md`` and ``speedup.png`` to OUTDIR and prints the Markdown.
+Several runs of one CPU kind give the range across runs. Given several runs, each
+later run's latency is also shown as a ratio to the first's. Writes ``report.md``
+and ``speedup.png`` to OUTDIR and prints the Markdown.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +34,10 @@ from prune.errors import PruneBenchError
 
 DENSE_SPARSITY = 0.005  # a model with fewer zeros than this counts as the dense (0%) baseline
 REQUIRED = ("backend", "device", "batch_size", "model", "sparsity", "mac_sparsity")
+# dense backends of files saved before each case said so (extra_info["dense_backend"])
+KNOWN_DENSE = {"torch-dense", "torch-dense-folded", "torch-compile", "onnxruntime", "torch-dense-channels-last",
+               "torch-cuda-graph", "torch-compile-cuda", "torch-dense-fp16", "torch-dense-bf16",
+               "torch-cuda-graph-fp16", "torch-compile-cuda-fp16", "im2col-dense-fp16"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +52,8 @@ class Case:
     sparsity: float
     mac_sparsity: float
     weights: str  # "synthetic" or "checkpoint"
+    dense: bool = False  # the backend computes every weight
+    blocks: tuple[float, ...] = ()  # an A/B's block times in order (ms per image), paired with the other backends'
 
     @property
     def ms_per_image(self) -> float:
@@ -57,9 +70,21 @@ class Run:
 
     label: str
     cases: list[Case]
-    machine: str
+    machine: str  # the CPU kind: model name and instruction set
     date: str
     threads: set
+    interleaved: bool = False  # an A/B: backends timed in turn, block by block
+
+
+def _cpu_kind(data: dict) -> str:
+    from prune.platform import isa_of
+
+    info = next((b.get("extra_info") for b in data["benchmarks"] if isinstance(b, dict)
+                 and isinstance(b.get("extra_info"), dict)), {})
+    cpu = (data.get("machine_info") or {}).get("cpu") or {}
+    name = info.get("cpu") or cpu.get("brand_raw") or (data.get("machine_info") or {}).get("processor") or "?"
+    isa = info.get("cpu_isa") or (isa_of(cpu["flags"]) if isinstance(cpu.get("flags"), list) else None)
+    return f"{name} ({isa})" if isa else str(name)
 
 
 def load_run(path: str | Path) -> Run:
@@ -92,6 +117,8 @@ def load_run(path: str | Path) -> Run:
                     sparsity=float(info["sparsity"]),
                     mac_sparsity=float(info["mac_sparsity"]),
                     weights=str(info.get("weights", "?")),
+                    dense=bool(info.get("dense_backend", info["backend"] in KNOWN_DENSE)),
+                    blocks=tuple(float(t) for t in info.get("blocks_ms_per_image") or ()),
                 )
             )
         except (KeyError, TypeError, ValueError):
@@ -101,40 +128,56 @@ def load_run(path: str | Path) -> Run:
             f"{path} holds no prunebench cases (none has extra_info {', '.join(REQUIRED)}): "
             "was it saved by pytest bench without --benchmark-disable?"
         )
-    machine = data.get("machine_info") or {}
-    cpu = (machine.get("cpu") or {}).get("brand_raw") or machine.get("processor") or "?"
     threads = {b["extra_info"].get("threads") for b in data["benchmarks"] if isinstance(b.get("extra_info"), dict)}
-    return Run(label=path.stem, cases=cases, machine=str(cpu), date=str(data.get("datetime", "?")), threads=threads)
+    return Run(label=path.stem, cases=cases, machine=_cpu_kind(data), date=str(data.get("datetime", "?")),
+               threads=threads, interleaved=any(c.blocks for c in cases))
 
 
 @dataclasses.dataclass(frozen=True)
 class Speedup:
     own: float | None  # vs the same backend's dense model; None without a dense model in the run
-    best: float | None  # vs the fastest backend's dense model on the same device and batch
+    best: float | None  # vs the fastest dense backend on the same device and batch
     best_backend: str | None
+    best_low: float | None = None  # lowest and highest block pair, where the case was timed in turn with it
+    best_high: float | None = None
+
+
+def best_dense(cases: list[Case]) -> dict[tuple, Case]:
+    """(device, batch) -> the fastest dense backend's case on the dense (0%) model; in files that name no
+    backend dense, the fastest backend's."""
+    out: dict[tuple, Case] = {}
+    for c in cases:
+        if c.sparsity >= DENSE_SPARSITY:
+            continue
+        cur = out.get((c.device, c.batch_size))
+        if cur is None or (c.dense, -c.median_s) > (cur.dense, -cur.median_s):
+            out[c.device, c.batch_size] = c
+    return out
 
 
 def speedups(cases: list[Case]) -> dict[Case, Speedup]:
     """Both speedups of every case (see the module docstring)."""
     own_base: dict[tuple, float] = {}
-    best_base: dict[tuple, tuple[float, str]] = {}
     for c in cases:
-        if c.sparsity >= DENSE_SPARSITY:
-            continue
-        key = (c.backend, c.device, c.batch_size)
-        own_base[key] = min(own_base.get(key, math.inf), c.median_s)
-        dkey = (c.device, c.batch_size)
-        if dkey not in best_base or c.median_s < best_base[dkey][0]:
-            best_base[dkey] = (c.median_s, c.backend)
+        if c.sparsity < DENSE_SPARSITY:
+            key = (c.backend, c.device, c.batch_size)
+            own_base[key] = min(own_base.get(key, math.inf), c.median_s)
+    bases = best_dense(cases)
+    by_key = {(c.model, c.backend, c.device, c.batch_size): c for c in cases}
     out = {}
     for c in cases:
         own = own_base.get((c.backend, c.device, c.batch_size))
-        best = best_base.get((c.device, c.batch_size))
-        out[c] = Speedup(
-            own=own / c.median_s if own else None,
-            best=best[0] / c.median_s if best else None,
-            best_backend=best[1] if best else None,
-        )
+        base = bases.get((c.device, c.batch_size))
+        best = low = high = None
+        if base is not None:
+            paired = by_key.get((c.model, base.backend, c.device, c.batch_size))
+            if c.blocks and paired is not None and len(paired.blocks) == len(c.blocks):
+                ratios = [b / x for b, x in zip(paired.blocks, c.blocks)]
+                best, low, high = statistics.median(ratios), min(ratios), max(ratios)
+            else:
+                best = base.median_s / c.median_s
+        out[c] = Speedup(own=own / c.median_s if own else None, best=best,
+                         best_backend=base.backend if base else None, best_low=low, best_high=high)
     return out
 
 
@@ -234,9 +277,82 @@ def ratio_table(runs: list[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One cell of the answer: a backend's speedup over the best dense backend at one sparsity, with its spread."""
+
+    median: float
+    low: float
+    high: float
+    spread: str  # what low-high range: "runs" (several runs), "block pairs" (one A/B) or "" (one suite run)
+    base: str  # the best dense backend
+
+
+def answer(runs: list[Run]) -> dict[tuple, dict[tuple, Figure]]:
+    """(CPU kind, device, batch) -> (sparsity, mac_sparsity, backend) -> Figure, for every backend that is not
+    dense, over every run of that CPU kind."""
+    per_run: dict[tuple, dict[tuple, list[tuple[Speedup, bool]]]] = {}
+    for r in runs:
+        for c, sp in speedups(r.cases).items():
+            if c.dense or sp.best is None:
+                continue
+            group = per_run.setdefault((r.machine, c.device, c.batch_size), {})
+            group.setdefault((round(c.sparsity, 3), round(c.mac_sparsity, 3), c.backend), []).append((sp, r.interleaved))
+    out: dict[tuple, dict[tuple, Figure]] = {}
+    for group, cells in per_run.items():
+        out[group] = {}
+        for key, found in cells.items():
+            values = [sp.best for sp, _ in found]
+            if len(found) > 1:
+                fig = Figure(statistics.median(values), min(values), max(values), "runs", found[0][0].best_backend)
+            else:
+                sp, _ = found[0]
+                paired = sp.best_low is not None
+                fig = Figure(sp.best, sp.best_low if paired else sp.best, sp.best_high if paired else sp.best,
+                             "block pairs" if paired else "", sp.best_backend)
+            out[group][key] = fig
+    return out
+
+
+def answer_tables(runs: list[Run]) -> str:
+    """Markdown: one table per CPU kind, device and batch: each sparse backend's speedup over the best dense one."""
+    lines = []
+    for (machine, device, batch), cells in answer(runs).items():
+        backends = _ordered(k[2] for k in sorted(cells))
+        rows = sorted({k[:2] for k in cells})
+        bases = sorted({f.base for f in cells.values()})
+        n_runs = sum(1 for r in runs if r.machine == machine and any(c.device == device and c.batch_size == batch
+                                                                     for c in r.cases))
+        spreads = sorted({f.spread for f in cells.values() if f.spread})
+        lines += [f"### {machine}, {device}, batch {batch}", "",
+                  f"Speedup over the best dense backend ({', '.join(bases)}); {n_runs} run(s)"
+                  + (f", lowest-highest {' / '.join(spreads)} in brackets" if spreads else "") + ":", "",
+                  "| sparsity | MAC-weighted | limit 1/(1-s_mac) | " + " | ".join(backends) + " |",
+                  "|---:|---:|---:|" + "---:|" * len(backends)]
+        for sparsity, mac in rows:
+            limit = math.inf if mac >= 1 else 1 / (1 - mac)
+            row = []
+            for b in backends:
+                f = cells.get((sparsity, mac, b))
+                if f is None:
+                    row.append("–")
+                elif f.spread:
+                    row.append(f"**{_fmt(f.median)}x** ({_fmt(f.low)}-{_fmt(f.high)})")
+                else:
+                    row.append(f"**{_fmt(f.median)}x**")
+            lines.append(f"| {sparsity:.0%} | {mac:.1%} | {_fmt(limit)}x | " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def report_markdown(runs: list[Run]) -> str:
     parts = [
         "# Latency report",
+        "",
+        "## The answer: speedup over the best dense backend",
+        "",
+        answer_tables(runs),
+        "## Every run",
         "",
         "Speedup cells read `vs own dense / vs best dense`; the limit is 1/(1-s_mac) with s_mac the share of "
         "multiply-accumulates whose weight is pruned.",
@@ -249,42 +365,54 @@ def report_markdown(runs: list[Run]) -> str:
 
 
 def plot(runs: list[Run], path: Path) -> Path:
-    """speedup (vs own dense: solid; vs best dense: dotted) against sparsity per backend, with the 1/(1-s_mac) limit."""
+    """Per CPU kind, device and batch: each sparse backend's speedup over the best dense backend against sparsity
+    (the range across runs or block pairs as bars), with the 1/(1-s_mac) limit; a smaller panel beside it gives
+    each backend against its own dense model, which flatters a slow backend and is no answer on its own."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = []
+    groups = answer(runs)
+    own: dict[tuple, dict[str, list]] = {}
     for r in runs:
-        for device in _ordered(c.device for c in r.cases):
-            for batch in sorted({c.batch_size for c in r.cases if c.device == device}):
-                panels.append((r, device, batch))
-    cols = min(len(panels), 2)
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.5 * rows), squeeze=False)
-    for ax, (run, device, batch) in zip(axes.flat, panels):
-        cases = [c for c in run.cases if c.device == device and c.batch_size == batch]
-        sp = speedups(cases)
-        limit = sorted({(c.sparsity, c.limit) for c in cases})
-        ax.plot([s * 100 for s, _ in limit], [lim for _, lim in limit], "k--", label="limit 1/(1-s_mac)")
-        for i, backend in enumerate(_ordered(c.backend for c in cases)):
-            pts = sorted((c.sparsity, sp[c]) for c in cases if c.backend == backend)
-            color = f"C{i % 10}"
-            own = [(s * 100, v.own) for s, v in pts if v.own]
-            best = [(s * 100, v.best) for s, v in pts if v.best]
-            if own:
-                ax.plot(*zip(*own), "o-", color=color, label=backend)
-            if best:
-                ax.plot(*zip(*best), ":", color=color, alpha=0.7)
+        for c, sp in speedups(r.cases).items():
+            if sp.own is not None:
+                own.setdefault((r.machine, c.device, c.batch_size), {}).setdefault(c.backend, []).append(
+                    (c.sparsity * 100, sp.own))
+    panels = list(groups) or list(own)
+    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 4.2 * len(panels)), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.2, 1]})
+    colors: dict[str, str] = {}
+    for (ax, ax_own), key in zip(axes, panels):
+        machine, device, batch = key
+        cells = groups.get(key, {})
+        limit = sorted({(k[0] * 100, 1 / (1 - k[1]) if k[1] < 1 else math.inf) for k in cells})
+        if limit:
+            ax.plot(*zip(*limit), "k--", label="limit 1/(1-s_mac)")
+        for backend in _ordered(k[2] for k in sorted(cells)):
+            color = colors.setdefault(backend, f"C{len(colors) % 10}")
+            pts = sorted((k[0] * 100, f) for k, f in cells.items() if k[2] == backend)
+            xs = [x for x, _ in pts]
+            ys = [f.median for _, f in pts]
+            err = [[f.median - f.low for _, f in pts], [f.high - f.median for _, f in pts]]
+            ax.errorbar(xs, ys, yerr=err, fmt="o-", color=color, capsize=3, label=backend)
         ax.axhline(1.0, color="grey", linewidth=0.8)
+        bases = sorted({f.base for f in cells.values()})
         ax.set_yscale("log")
         ax.set_xlabel("sparsity (%)")
-        ax.set_ylabel("speedup (solid: vs own dense; dotted: vs best dense)")
-        ax.set_title(f"{run.label}: {device}, batch {batch}", fontsize=9)
+        ax.set_ylabel(f"speedup over the best dense backend ({', '.join(bases)})")
+        ax.set_title(f"{machine}, {device}, batch {batch}", fontsize=9)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
+        for backend, pts in own.get(key, {}).items():
+            pts = sorted(pts)
+            ax_own.plot(*zip(*pts), "o-", markersize=3, color=colors.setdefault(backend, f"C{len(colors) % 10}"),
+                        label=backend, alpha=0.8)
+        ax_own.axhline(1.0, color="grey", linewidth=0.8)
+        ax_own.set_yscale("log")
+        ax_own.set_xlabel("sparsity (%)")
+        ax_own.set_title("each backend vs its own dense model (not the answer)", fontsize=8)
+        ax_own.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

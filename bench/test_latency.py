@@ -76,6 +76,7 @@ def test_latency(benchmark, bench_plan, bench_model: BenchModel, batch_size: int
     benchmark.group = f"{facts['model']} batch {batch_size}"
     extra = {
         "backend": backend_name,
+        "dense_backend": backend.dense,
         "device": device,
         "batch_size": batch_size,
         **facts,

@@ -45,6 +45,31 @@ def cpu_name() -> str:
     return _platform.processor() or _platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (from /proc/cpuinfo; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def isa_of(flags: set[str] | list[str]) -> str:
+    """The widest x86 vector instruction set in ``flags``: "avx512+amx", "avx512", "avx2" or "baseline"."""
+    flags = set(flags)
+    if {"avx512f", "avx512bw", "avx512vl"} <= flags:
+        return "avx512+amx" if "amx_tile" in flags else "avx512"
+    return "avx2" if {"avx2", "fma"} <= flags else "baseline"
+
+
+def cpu_kind() -> str:
+    """What a figure measured on this CPU needs beside it: model name and instruction set."""
+    return f"{cpu_name()} ({isa_of(cpu_flags())})"
+
+
 def gpu_name() -> str | None:
     """The first CUDA GPU's name, or None where there is none."""
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -60,6 +85,7 @@ def provenance() -> dict:
         "numpy": np.__version__,
         "python": _platform.python_version(),
         "cpu": cpu_name(),
+        "cpu_isa": isa_of(cpu_flags()),
         "cpu_count": os.cpu_count(),
         "gpu": gpu_name(),
         "cuda": torch.version.cuda,

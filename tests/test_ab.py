@@ -38,11 +38,44 @@ def test_cli_times_checks_parity_writes_and_refuses_to_overwrite(tmp_path, capsy
             "--pause-ms", "0", "--threads", "1", "-o", str(tmp_path)]
     assert ab.main(argv) == 0
     record = json.loads((tmp_path / "ab-cpu-bs1.json").read_text())
-    (result,) = record["results"]
-    assert result["model"] == "synthetic-s50"
-    assert all(len(v) == 2 and min(v) > 0 for v in result["blocks"].values())
-    assert set(result["info"]) == {"torch-dense", "torch-dense-folded"}  # what each prepare reported
+    cases = {b["extra_info"]["backend"]: b for b in record["benchmarks"]}  # pytest-benchmark's schema
+    assert set(cases) == {"torch-dense", "torch-dense-folded"}
+    for b in cases.values():
+        assert b["extra_info"]["model"] == "synthetic-s50" and b["stats"]["rounds"] == 2
+        assert b["extra_info"]["interleaved"] and len(b["extra_info"]["blocks_ms_per_image"]) == 2
+        assert b["stats"]["median"] > 0 and "cpu" in record["machine_info"]
+    pair = cases["torch-dense-folded"]["extra_info"]["pair_ratios"]["torch-dense"]
+    dense, folded = (cases[n]["extra_info"]["blocks_ms_per_image"] for n in ("torch-dense", "torch-dense-folded"))
+    assert pair == pytest.approx([d / f for d, f in zip(dense, folded)])
     assert "torch-dense-folded vs torch-dense" in (tmp_path / "ab-cpu-bs1.md").read_text()
     assert (tmp_path / "ab-cpu-bs1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert ab.main(argv) == 2  # the results exist: not without --force
     assert "--force" in capsys.readouterr().err
+
+
+def test_the_record_reads_in_bench_report_and_pytest_benchmark_compare(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench import report
+
+    facts = {"model": "synthetic-s90", "sparsity": 0.9, "mac_sparsity": 0.75}
+    results = [ab.ABResult("synthetic-s90", facts, {"onnxruntime": [4.0, 8.0, 4.0], "sparse-direct": [2.0, 2.0, 4.0]},
+                           {}, {"onnxruntime": True, "sparse-direct": False}),
+               ab.ABResult("synthetic-s00", {**facts, "model": "synthetic-s00", "sparsity": 0.0, "mac_sparsity": 0.0},
+                           {"onnxruntime": [4.0, 4.0, 4.0], "sparse-direct": [4.0, 4.0, 4.0]},
+                           {}, {"onnxruntime": True, "sparse-direct": False})]
+    record = ab.benchmark_record(results, ab.ABSettings(backends="onnxruntime,sparse-direct", blocks=3), threads=2)
+    path = tmp_path / "ab-cpu-bs1.json"
+    path.write_text(json.dumps(record))
+    run = report.load_run(path)
+    assert run.interleaved
+    (cells,) = report.answer([run]).values()
+    fig = cells[(0.9, 0.75, "sparse-direct")]
+    # the block pairs, not the ratio of medians (8/2 = 2.0 would be the same here; the range tells them apart)
+    assert (fig.median, fig.low, fig.high, fig.spread, fig.base) == (2.0, 1.0, 4.0, "block pairs", "onnxruntime")
+    compare = Path(sys.executable).with_name("pytest-benchmark")
+    out = subprocess.run([str(compare), "compare", str(path), "--columns=median"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "ab[synthetic-s90-b1-sparse-direct-cpu]" in out.stdout

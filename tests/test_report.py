@@ -132,3 +132,28 @@ def test_bad_files(tmp_path, content, message, capsys):
 def test_missing_file(tmp_path):
     with pytest.raises(PruneBenchError, match="no benchmark file"):
         report.load_run(tmp_path / "nope.json")
+
+
+def test_the_answer_is_against_the_best_dense_backend_not_each_backends_own(tmp_path):
+    # a slow sparse backend that speeds itself up 4x is still slower than the best dense backend: the answer says so
+    path = run_file(tmp_path, "r.json", [
+        case("s00", "onnxruntime", 1.0, 0.0, 0.0), case("s90", "onnxruntime", 1.0, 0.9, 0.7),
+        case("s00", "torch-sparse", 20.0, 0.0, 0.0), case("s90", "torch-sparse", 5.0, 0.9, 0.7),
+        case("s00", "sparse-direct", 1.0, 0.0, 0.0), case("s90", "sparse-direct", 0.5, 0.9, 0.7),
+    ])
+    run = report.load_run(path)
+    (cells,) = report.answer([run]).values()
+    assert cells[(0.9, 0.7, "torch-sparse")].median == pytest.approx(0.2)  # own dense would say 4x
+    assert cells[(0.9, 0.7, "sparse-direct")].median == pytest.approx(2.0)
+    assert cells[(0.9, 0.7, "sparse-direct")].base == "onnxruntime"
+    assert (0.9, 0.7, "onnxruntime") not in cells  # dense backends are the baseline, not an answer
+
+
+def test_several_runs_of_one_cpu_give_the_range_across_runs(tmp_path):
+    runs = [report.load_run(run_file(tmp_path, f"r{i}.json", [
+        case("s00", "onnxruntime", 1.0, 0.0, 0.0), case("s90", "sparse-direct", t, 0.9, 0.7)]))
+        for i, t in enumerate((0.5, 0.25, 0.4))]
+    (cells,) = report.answer(runs).values()
+    fig = cells[(0.9, 0.7, "sparse-direct")]
+    assert (fig.median, fig.low, fig.high, fig.spread) == (pytest.approx(2.5), 2.0, 4.0, "runs")
+    assert "**2.50x** (2.00-4.00)" in report.answer_tables(runs)

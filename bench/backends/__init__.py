@@ -48,6 +48,7 @@ class Backend:
     rtol: float = 1e-3  # ...and relative
     description: str = ""
     default: bool = True  # part of the default ``pytest bench`` run (False: only when asked for by name)
+    dense: bool = False  # computes every weight, zero or not: a baseline the sparse backends are measured against
 
 
 # name -> "module:attribute" of a Backend; add a line here for each backend.

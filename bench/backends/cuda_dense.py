@@ -104,6 +104,7 @@ def compile_unavailable(device: str) -> str | None:
 def _backend(name: str, precision: str, mode: str, default: bool, description: str) -> Backend:
     atol, rtol = TOLERANCE[precision]
     return Backend(
+        dense=True,
         name=name,
         devices=("cuda",),
         prepare=functools.partial(_prepare, precision=precision, mode=mode),

@@ -142,6 +142,7 @@ def cpu_prepared(session, example: torch.Tensor, info: dict) -> Prepared:
 
 BACKEND = Backend(
     name="onnxruntime",
+    dense=True,
     devices=("cpu", "cuda"),
     prepare=_prepare,
     unavailable=unavailable,

@@ -134,6 +134,7 @@ def _backend(name: str, precision: str, kernel: str, default: bool, description:
         rtol=rtol,
         description=description,
         default=default,
+        dense=kernel == "dense",
     )
 
 

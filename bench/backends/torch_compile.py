@@ -47,6 +47,7 @@ def _prepare(model: nn.Module, example: torch.Tensor, device: str, threads: int)
 
 BACKEND = Backend(
     name="torch-compile",
+    dense=True,
     devices=("cpu",),
     prepare=_prepare,
     unavailable=_unavailable,

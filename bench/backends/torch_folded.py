@@ -17,6 +17,7 @@ def _prepare(model: nn.Module, example: torch.Tensor, device: str, threads: int)
 
 BACKEND = Backend(
     name="torch-dense-folded",
+    dense=True,
     devices=("cpu", "cuda"),
     prepare=_prepare,
     unavailable=cuda_unavailable,
