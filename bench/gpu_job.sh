@@ -3,23 +3,18 @@
 # Fashion-MNIST (base model, the 12-case grid, 2:4 cases); JSON, tables and plots land under $OUT and a short
 # summary prints last. It installs nothing from the network.
 #
-# Before the call, on the workstation, once (data/ is ignored by git; the folder travels with `carry`):
-#   mkdir -p data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*-ubyte.gz data/fashion-mnist/   # 31 MB
-# Wheels: the GPU image already holds torch 2.11, torchvision 0.26, onnx, onnxruntime (CPU), onnxscript, pytest,
-# pytest-benchmark, tqdm, matplotlib, numba and hypothesis (/work/.library/device/KINDS.md), so none need carrying,
-# and numba+llvmlite (~45 MB) beside the data would not fit the 64 MiB a call carries. Should a package be missing
-# there (the job stops at once and names it), or to pin the small pure-Python ones to this workstation's versions:
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl pytest-benchmark==5.3.1 py-cpuinfo==9.0.0 tqdm==4.70.1
-#   and add ".whl" to carry; the job installs whatever .whl holds into /tmp/site first.
-# (onnxruntime-gpu is not carried: its CUDA provider needs CUDA 12 libraries and the image has CUDA 13, so the
-# onnxruntime CUDA cases are left out of this job.)
+# What it needs: a Linux machine with an NVIDIA GPU and a CUDA build of torch, the project installed
+# (`pip install -e '.[test]'`, or its packages already present: torch, torchvision, onnx, onnxruntime, onnxscript,
+# pytest, pytest-benchmark, tqdm, matplotlib, hypothesis), and for the study Fashion-MNIST's four *-ubyte.gz files in
+# data/fashion-mnist (Debian's dataset-fashion-mnist package has them in /usr/share/datasets/fashion-mnist; DATA_ROOT
+# names another folder). It downloads nothing. A machine without network access may get the small pure-Python
+# wheels beside the checkout in .whl/ (`pip download --no-deps pytest-benchmark py-cpuinfo tqdm -d .whl` where there
+# is network); the job installs whatever .whl holds into /tmp/site first. ONNX Runtime runs on the CPU here: its
+# CUDA provider needs CUDA libraries that match the onnxruntime-gpu build, so its CUDA cases are left out.
 #
-# The device call (about 8 minutes of run plus the machine's start; each phase has its own time limit, so
-# partial results still come back):
-#   run(command="bash bench/gpu_job.sh", carry=["data/fashion-mnist"], timeout_s=600)
+# Run it (about 8 minutes on one data-centre GPU; each phase has its own time limit, so partial results still
+# land under $OUT):
+#   OUT=runs/gpu_job bash bench/gpu_job.sh
 # A dry run on the CPU, tiny (a few minutes on 2 cores):
 #   GPU_JOB_TINY=1 OUT=/tmp/gpu_job_out bash bench/gpu_job.sh
 #
@@ -57,7 +52,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} || { say "installing .whl failed"; exit 3; }
 fi
 if ! $PYTHON -c "import torch, torchvision, pytest, pytest_benchmark, tqdm, matplotlib, numpy" 2>>"$LOG"; then
-    say "a required package is missing (see $LOG): carry it as a wheel in .whl (see this script's header)"
+    say "a required package is missing (see $LOG): install it, or put its wheel in .whl (see this script's header)"
     exit 3
 fi
 HAS_CUDA=$($PYTHON -c "import torch; print(int(torch.cuda.is_available()))")
