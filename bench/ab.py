@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -47,6 +48,9 @@ class ABSettings:
     blocks: int = dataclasses.field(default=12, metadata={"help": "blocks per backend and model"})
     block_s: float = dataclasses.field(default=0.5, metadata={"help": "seconds of calls per block"})
     pause_ms: float = dataclasses.field(default=50.0, metadata={"help": "idle time before each block"})
+    deepsparse_python: str = dataclasses.field(
+        default="", metadata={"help": "the Python of a venv with deepsparse, for the deepsparse backend (README)"}
+    )
 
     @property
     def names(self) -> list[str]:
@@ -90,6 +94,10 @@ def compare(specs: list, settings: ABSettings, progress: bool = True) -> list[AB
     from bench.parity import prepare_checked
 
     names = settings.names
+    if settings.deepsparse_python:  # the deepsparse backend reads it where it is prepared, as the suite's does
+        from bench.backends.external import DEEPSPARSE_PYTHON
+
+        os.environ[DEEPSPARSE_PYTHON] = settings.deepsparse_python
     if len(names) < 2 or len(set(names)) != len(names):
         raise PruneBenchError(f"--backends {settings.backends!r}: give two or more different backends, baseline first")
     backends = [get_backend(n) for n in names]  # an unknown name fails here, listing the known ones
@@ -128,10 +136,13 @@ def compare(specs: list, settings: ABSettings, progress: bool = True) -> list[AB
             def bar(rounds, desc=f"{spec.id} bs{settings.batch_size}"):
                 return tqdm(rounds, desc=desc, disable=not progress, file=sys.stderr)
 
-            seconds = alternate_blocks(calls, settings.blocks, settings.block_s, settings.pause_ms / 1e3, bar)
+            timers = {name: p.time_block for name, p in prepared.items() if p.time_block}
+            seconds = alternate_blocks(calls, settings.blocks, settings.block_s, settings.pause_ms / 1e3, bar, timers)
         blocks = {name: [t * 1e3 / settings.batch_size for t in seconds[name]] for name in names}
         info = {name: _jsonable(p.info) for name, p in prepared.items()}
         results.append(ABResult(spec.id, bm.facts, blocks, info, {b.name: b.dense for b in backends}))
+        for p in prepared.values():
+            p.close()
         del prepared
     return results
 

@@ -30,17 +30,21 @@ def time_block(call: Callable[[], None], seconds: float, least: int = 3) -> floa
 
 
 def alternate_blocks(calls: dict[str, Callable[[], None]], blocks: int, block_s: float, pause_s: float,
-                     wrap: Callable[[Iterable[int]], Iterable[int]] = iter) -> dict[str, list[float]]:
+                     wrap: Callable[[Iterable[int]], Iterable[int]] = iter,
+                     timers: dict[str, Callable[[float], float]] | None = None) -> dict[str, list[float]]:
     """Each call's median seconds per call in each of ``blocks`` blocks: the calls take turns (A B, then
     B A, ...), each block fills ``block_s`` seconds with back-to-back calls (at least 3) after ``pause_s``
     seconds of sleep, so that thread pools that spin after a call go quiet before the next backend starts.
-    ``wrap`` wraps the rounds (a progress bar)."""
+    ``wrap`` wraps the rounds (a progress bar). ``timers`` time some calls' blocks themselves (an engine in
+    a worker process: (seconds) -> median seconds per call)."""
     names = list(calls)
+    timers = timers or {}
     times: dict[str, list[float]] = {n: [] for n in names}
     for k in wrap(range(blocks)):
         for name in names if k % 2 == 0 else names[::-1]:
             time.sleep(pause_s)
-            times[name].append(time_block(calls[name], block_s))
+            timer = timers.get(name)
+            times[name].append(timer(block_s) if timer else time_block(calls[name], block_s))
     return times
 
 

@@ -34,6 +34,9 @@ class Prepared:
     to_torch: Callable[[Any], torch.Tensor] = lambda y: y.detach().float().cpu()  # output -> CPU fp32 tensor
     synchronize: Callable[[], None] = lambda: None  # called inside the timed call on asynchronous devices
     info: dict = dataclasses.field(default_factory=dict)  # extra_info additions (per-layer choices, bytes...)
+    # (seconds) -> median seconds per call of back-to-back calls, for engines that time themselves (in a worker)
+    time_block: Callable[[float], float] | None = None
+    close: Callable[[], None] = lambda: None  # frees what outlives the object (a worker process)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +76,8 @@ BACKENDS: dict[str, str] = {
     "torch-2:4-bf16": "bench.backends.semi_structured:BACKEND_BF16",
     "torch-2:4-cutlass": "bench.backends.semi_structured:BACKEND_CUTLASS",
     "im2col-dense-fp16": "bench.backends.semi_structured:BACKEND_CONTROL",
+    "deepsparse": "bench.backends.external:DEEPSPARSE",
+    "onnxruntime-worker": "bench.backends.external:STAND_IN",
 }
 
 

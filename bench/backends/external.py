@@ -1,0 +1,174 @@
+"""External engines in a worker process of their own interpreter: DeepSparse, or any engine that reads ONNX.
+
+An engine that cannot live in the project's environment (DeepSparse 1.8 is archived and
+needs Python <= 3.11 and numpy < 2) runs in ``external_worker.py`` under the interpreter
+the user names, fed the same ONNX file and the same batch as every other backend. Its
+output comes back for the parity check; its timing is done in the worker, block by
+block, so that ``bench.ab`` interleaves it with the others and no pipe round trip is
+timed (``Prepared.time_block``). In the pytest suite a call includes the round trip and
+the output's trip through a small .npy file; its ``extra_info`` says so.
+
+``onnxruntime-worker`` is the same mechanism with the project's own ONNX Runtime in a
+subprocess of this interpreter: a stand-in that tests the protocol where DeepSparse is
+absent, and a measure of what the worker itself costs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.backends import Backend, Prepared
+from prune.errors import PruneBenchError
+
+WORKER = Path(__file__).with_name("external_worker.py")
+DEEPSPARSE_PYTHON = "PRUNEBENCH_DEEPSPARSE_PYTHON"  # the interpreter of a venv with deepsparse and numpy < 2
+OPSET = 13  # DeepSparse 1.8's onnx reads no newer operator set; BatchNorm stays in the graph (engines fold it)
+_FOLDER: Path | None = None
+
+
+def _folder() -> Path:
+    global _FOLDER
+    if _FOLDER is None:
+        _FOLDER = Path(tempfile.mkdtemp(prefix="prunebench-external-"))
+        atexit.register(shutil.rmtree, _FOLDER, True)
+    return _FOLDER
+
+
+def export_for_worker(model: nn.Module, input_shape: tuple[int, ...]) -> Path:
+    """``model`` as an opset-13 ONNX file with a dynamic batch axis, which older engines read."""
+    from bench.backends.onnxruntime import fingerprint
+
+    path = _folder() / f"{fingerprint(model)}-{'x'.join(map(str, input_shape))}.onnx"
+    if not path.exists():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.cpu().float().eval(), (torch.randn(1, *input_shape),), str(path), dynamo=False,
+                              opset_version=OPSET, input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+    return path
+
+
+class Worker:
+    """One worker process: start it, send requests, read one-line replies; a failure is a PruneBenchError."""
+
+    def __init__(self, python: str, engine: str):
+        self.engine = engine
+        # -I: the script's folder (bench/backends, which holds an onnxruntime.py) must not shadow the engine
+        self.proc = subprocess.Popen([python, "-I", str(WORKER), engine], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+        self._finalizer = weakref.finalize(self, Worker._stop, self.proc)
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            try:
+                proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                proc.stdin.flush()
+                proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def request(self, **fields) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps(fields) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except OSError:
+            line = ""
+        if not line:
+            self.proc.wait(timeout=5)
+            why = (self.proc.stderr.read().strip().splitlines() or [f"exit status {self.proc.returncode}"])[-1]
+            raise PruneBenchError(f"the {self.engine} worker stopped: {why[:300]}")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise PruneBenchError(f"the {self.engine} worker: {reply.get('error', 'failed')}")
+        return reply
+
+
+def _prepare(model: nn.Module, example: torch.Tensor, threads: int, python: str, engine: str) -> Prepared:
+    from bench.backends.convmm import inference_copy
+
+    path = export_for_worker(inference_copy(model), tuple(example.shape[1:]))
+    folder = _folder()
+    inp = folder / f"input-{os.getpid()}-{id(example)}.npy"
+    np.save(inp, example.detach().cpu().float().contiguous().numpy())
+    worker = Worker(python, engine)
+    loaded = worker.request(op="load", onnx=str(path), input=str(inp), threads=threads)
+    out = folder / f"output-{os.getpid()}-{id(worker)}.npy"
+
+    def run(_inputs):
+        worker.request(op="run", output=str(out))
+        return np.load(out)
+
+    def time_block(seconds: float, least: int = 3) -> float:
+        return float(worker.request(op="block", seconds=seconds, least=least)["median_s"])
+
+    info = {"engine": engine, "engine_version": loaded.get("version"), "engine_python": python,
+            "onnx_opset": OPSET, "timed_in_suite": "one call in the worker plus a pipe round trip and a .npy output",
+            "timed_in_ab": "blocks timed inside the worker"}
+    return Prepared(run=run, inputs=None, to_torch=lambda y: torch.from_numpy(np.asarray(y)).float(), info=info,
+                    time_block=time_block, close=worker.close)
+
+
+def _deepsparse_python() -> str | None:
+    return os.environ.get(DEEPSPARSE_PYTHON) or None
+
+
+def _deepsparse_unavailable(device: str) -> str | None:
+    if device != "cpu":
+        return "DeepSparse is a CPU engine"
+    python = _deepsparse_python()
+    if python is None:
+        return (f"DeepSparse runs in an interpreter of its own: give bench.ab --deepsparse-python PATH or set "
+                f"{DEEPSPARSE_PYTHON} (the README has the recipe for its venv)")
+    if shutil.which(python) is None and not Path(python).is_file():
+        return f"no Python interpreter at {python} (set {DEEPSPARSE_PYTHON} to the DeepSparse venv's bin/python)"
+    return None
+
+
+def _prepare_deepsparse(model, example, device, threads) -> Prepared:
+    return _prepare(model, example, threads, _deepsparse_python(), "deepsparse")
+
+
+def _prepare_stand_in(model, example, device, threads) -> Prepared:
+    return _prepare(model, example, threads, sys.executable, "onnxruntime")
+
+
+DEEPSPARSE = Backend(
+    name="deepsparse",
+    devices=("cpu",),
+    prepare=_prepare_deepsparse,
+    unavailable=_deepsparse_unavailable,
+    atol=1e-3,
+    rtol=1e-3,
+    description="Neural Magic's DeepSparse (sparse fp32 CPU engine) in a worker process of its own interpreter",
+    default=False,
+)
+
+STAND_IN = Backend(
+    name="onnxruntime-worker",
+    devices=("cpu",),
+    prepare=_prepare_stand_in,
+    unavailable=lambda device: None if device == "cpu" else "the worker runs ONNX Runtime on the CPU",
+    dense=True,
+    atol=1e-4,
+    rtol=1e-3,
+    description="ONNX Runtime in a worker process (the external-engine mechanism's stand-in)",
+    default=False,
+)

@@ -1,0 +1,82 @@
+"""External engines in a worker process: the protocol, tested with ONNX Runtime as the stand-in engine."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bench.backends import get_backend
+from bench.backends.external import DEEPSPARSE_PYTHON, Worker
+from prune.errors import PruneBenchError
+
+
+@pytest.fixture(scope="module")
+def stand_in():
+    from bench import models as bench_models
+    from bench.parity import prepare_checked
+
+    bm = bench_models.load(bench_models.model_spec("synthetic:0.9"))
+    prepared, _, diff = prepare_checked(get_backend("onnxruntime-worker"), bm, 2, "cpu", 1, "stand-in")
+    yield bm, prepared, diff
+    prepared.close()
+
+
+def test_the_worker_returns_the_models_output_and_times_its_own_blocks(stand_in):
+    bm, prepared, diff = stand_in
+    assert diff < 1e-3  # prepare_checked held it to dense PyTorch first
+    got = prepared.to_torch(prepared.run(prepared.inputs))
+    torch.testing.assert_close(got, bm.reference(2, seed=0), atol=1e-4, rtol=1e-3)
+    assert prepared.time_block(0.01) > 0
+    assert prepared.info["engine"] == "onnxruntime" and prepared.info["engine_version"]
+
+
+def test_the_ab_interleaves_a_worker_with_the_others(tmp_path):
+    from bench import ab
+
+    from bench.models import model_spec
+
+    results = ab.compare([model_spec("synthetic:0.5")],
+                         ab.ABSettings(backends="onnxruntime,onnxruntime-worker", blocks=2, block_s=0.01, pause_ms=0,
+                                       threads=1), progress=False)
+    (r,) = results
+    assert all(len(b) == 2 and min(b) > 0 for b in r.blocks.values())
+
+
+def test_a_missing_interpreter_or_engine_is_one_line(tmp_path, monkeypatch):
+    deepsparse = get_backend("deepsparse")
+    monkeypatch.delenv(DEEPSPARSE_PYTHON, raising=False)
+    assert "--deepsparse-python" in deepsparse.unavailable("cpu")
+    monkeypatch.setenv(DEEPSPARSE_PYTHON, str(tmp_path / "no-python"))
+    assert "no Python interpreter" in deepsparse.unavailable("cpu")
+    # an interpreter without the engine: the worker exits at once, and says why in one line
+    worker = Worker(sys.executable, "no-such-engine")
+    with pytest.raises(PruneBenchError, match="worker stopped: usage"):
+        worker.request(op="load")
+
+
+def test_an_engine_error_comes_back_as_one_line(tmp_path):
+    worker = Worker(sys.executable, "onnxruntime")
+    try:
+        with pytest.raises(PruneBenchError, match="before 'load'"):
+            worker.request(op="run", output=str(tmp_path / "y.npy"))
+        x = tmp_path / "x.npy"
+        np.save(x, np.zeros((1, 3, 32, 32), "float32"))
+        with pytest.raises(PruneBenchError, match="onnxruntime worker: .*"):
+            worker.request(op="load", onnx=str(tmp_path / "missing.onnx"), input=str(x), threads=1)
+    finally:
+        worker.close()
+    assert worker.proc.wait(timeout=5) is not None
+
+
+@pytest.mark.skipif(not os.environ.get(DEEPSPARSE_PYTHON), reason=f"DeepSparse needs its own venv: set {DEEPSPARSE_PYTHON}")
+def test_deepsparse_matches_dense_pytorch():
+    from bench import models as bench_models
+    from bench.parity import prepare_checked
+
+    bm = bench_models.load(bench_models.model_spec("synthetic:0.9"))
+    prepared, _, _ = prepare_checked(get_backend("deepsparse"), bm, 1, "cpu", 2, "deepsparse")
+    prepared.close()
