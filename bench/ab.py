@@ -12,7 +12,7 @@ pools that spin after a call (ONNX Runtime's, ours) go quiet before the next
 backend starts. Parity against dense PyTorch is checked before any timing.
 
     python -m bench.ab synthetic:0.9 --batch-size 1
-    python -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 --batch-size 64 -o bench/results
+    python -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 --batch-size 64 -o results/my-machine
     python -m bench.ab model.pt --backends onnxruntime,sparse-direct,torch-compile --blocks 20
 """
 

@@ -1,6 +1,6 @@
 """Where the time of the 2:4 backend goes on a GPU: one short, prepared device run.
 
-The H200 run (bench/results/gpu/run2) timed ``torch-2:4`` at 10.9 ms (batch 1) and
+The H200 run (results/h200-2026-11-26) timed ``torch-2:4`` at 10.9 ms (batch 1) and
 11.6 ms (batch 256) against 2.0 and 5.2 ms for the same im2col path with dense
 fp16 weights. This script times, on CUDA, (a) one 2:4 matrix product of a
 ResNet-18 layer against the dense one, with and without torch's
