@@ -74,6 +74,11 @@ class Run:
     date: str
     threads: set
     interleaved: bool = False  # an A/B: backends timed in turn, block by block
+    gpu: str | None = None  # the GPU's name, where the run had one
+
+    def device_kind(self, device: str) -> str:
+        """What the figures of ``device`` were measured on: the GPU for CUDA cases, else the CPU kind."""
+        return self.gpu if device == "cuda" and self.gpu else self.machine
 
 
 def _cpu_kind(data: dict) -> str:
@@ -129,8 +134,10 @@ def load_run(path: str | Path) -> Run:
             "was it saved by pytest bench without --benchmark-disable?"
         )
     threads = {b["extra_info"].get("threads") for b in data["benchmarks"] if isinstance(b.get("extra_info"), dict)}
+    gpu = next((b["extra_info"].get("gpu") for b in data["benchmarks"] if isinstance(b.get("extra_info"), dict)
+                and b["extra_info"].get("gpu")), None)
     return Run(label=path.stem, cases=cases, machine=_cpu_kind(data), date=str(data.get("datetime", "?")),
-               threads=threads, interleaved=any(c.blocks for c in cases))
+               threads=threads, interleaved=any(c.blocks for c in cases), gpu=gpu)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,15 +296,16 @@ class Figure:
 
 
 def answer(runs: list[Run]) -> dict[tuple, dict[tuple, Figure]]:
-    """(CPU kind, device, batch) -> (sparsity, mac_sparsity, backend) -> Figure, for every backend that is not
-    dense, over every run of that CPU kind."""
+    """(CPU kind, device, batch) -> (sparsity, mac_sparsity, model, backend) -> Figure, for every backend that
+    is not dense, over every run of that CPU kind."""
     per_run: dict[tuple, dict[tuple, list[tuple[Speedup, bool]]]] = {}
     for r in runs:
         for c, sp in speedups(r.cases).items():
             if c.dense or sp.best is None:
                 continue
-            group = per_run.setdefault((r.machine, c.device, c.batch_size), {})
-            group.setdefault((round(c.sparsity, 3), round(c.mac_sparsity, 3), c.backend), []).append((sp, r.interleaved))
+            group = per_run.setdefault((r.device_kind(c.device), c.device, c.batch_size), {})
+            key = (round(c.sparsity, 3), round(c.mac_sparsity, 3), c.model, c.backend)
+            group.setdefault(key, []).append((sp, r.interleaved))
     out: dict[tuple, dict[tuple, Figure]] = {}
     for group, cells in per_run.items():
         out[group] = {}
@@ -318,29 +326,29 @@ def answer_tables(runs: list[Run]) -> str:
     """Markdown: one table per CPU kind, device and batch: each sparse backend's speedup over the best dense one."""
     lines = []
     for (machine, device, batch), cells in answer(runs).items():
-        backends = _ordered(k[2] for k in sorted(cells))
-        rows = sorted({k[:2] for k in cells})
+        backends = _ordered(k[3] for k in sorted(cells))
+        rows = sorted({k[:3] for k in cells})
         bases = sorted({f.base for f in cells.values()})
-        n_runs = sum(1 for r in runs if r.machine == machine and any(c.device == device and c.batch_size == batch
-                                                                     for c in r.cases))
+        n_runs = sum(1 for r in runs if r.device_kind(device) == machine and any(
+            c.device == device and c.batch_size == batch for c in r.cases))
         spreads = sorted({f.spread for f in cells.values() if f.spread})
         lines += [f"### {machine}, {device}, batch {batch}", "",
                   f"Speedup over the best dense backend ({', '.join(bases)}); {n_runs} run(s)"
                   + (f", lowest-highest {' / '.join(spreads)} in brackets" if spreads else "") + ":", "",
-                  "| sparsity | MAC-weighted | limit 1/(1-s_mac) | " + " | ".join(backends) + " |",
-                  "|---:|---:|---:|" + "---:|" * len(backends)]
-        for sparsity, mac in rows:
+                  "| model | sparsity | MAC-weighted | limit 1/(1-s_mac) | " + " | ".join(backends) + " |",
+                  "|---|---:|---:|---:|" + "---:|" * len(backends)]
+        for sparsity, mac, model in rows:
             limit = math.inf if mac >= 1 else 1 / (1 - mac)
             row = []
             for b in backends:
-                f = cells.get((sparsity, mac, b))
+                f = cells.get((sparsity, mac, model, b))
                 if f is None:
                     row.append("–")
                 elif f.spread:
                     row.append(f"**{_fmt(f.median)}x** ({_fmt(f.low)}-{_fmt(f.high)})")
                 else:
                     row.append(f"**{_fmt(f.median)}x**")
-            lines.append(f"| {sparsity:.0%} | {mac:.1%} | {_fmt(limit)}x | " + " | ".join(row) + " |")
+            lines.append(f"| {model} | {sparsity:.0%} | {mac:.1%} | {_fmt(limit)}x | " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -378,7 +386,7 @@ def plot(runs: list[Run], path: Path) -> Path:
     for r in runs:
         for c, sp in speedups(r.cases).items():
             if sp.own is not None:
-                own.setdefault((r.machine, c.device, c.batch_size), {}).setdefault(c.backend, []).append(
+                own.setdefault((r.device_kind(c.device), c.device, c.batch_size), {}).setdefault(c.backend, []).append(
                     (c.sparsity * 100, sp.own))
     panels = list(groups) or list(own)
     fig, axes = plt.subplots(len(panels), 2, figsize=(11, 4.2 * len(panels)), squeeze=False,
@@ -388,12 +396,12 @@ def plot(runs: list[Run], path: Path) -> Path:
         machine, device, batch = key
         cells = groups.get(key, {})
         limit = sorted({(k[0] * 100, 1 / (1 - k[1]) if k[1] < 1 else math.inf) for k in cells})
-        if limit:
-            ax.plot(*zip(*limit), "k--", label="limit 1/(1-s_mac)")
-        for backend in _ordered(k[2] for k in sorted(cells)):
+        if limit:  # one mark per model: two models of one sparsity can prune different shares of the MACs
+            ax.plot(*zip(*limit), "k--", marker="_", markersize=14, linewidth=0.8, label="limit 1/(1-s_mac)")
+        for backend in _ordered(k[3] for k in sorted(cells)):
             color = colors.setdefault(backend, f"C{len(colors) % 10}")
-            pts = sorted((k[0] * 100, f) for k, f in cells.items() if k[2] == backend)
-            xs = [x for x, _ in pts]
+            pts = sorted(((k[0] * 100, k[2]), f) for k, f in cells.items() if k[3] == backend)
+            xs = [x for (x, _), _ in pts]
             ys = [f.median for _, f in pts]
             err = [[f.median - f.low for _, f in pts], [f.high - f.median for _, f in pts]]
             ax.errorbar(xs, ys, yerr=err, fmt="o-", color=color, capsize=3, label=backend)

@@ -72,7 +72,7 @@ def test_the_record_reads_in_bench_report_and_pytest_benchmark_compare(tmp_path)
     run = report.load_run(path)
     assert run.interleaved
     (cells,) = report.answer([run]).values()
-    fig = cells[(0.9, 0.75, "sparse-direct")]
+    fig = cells[(0.9, 0.75, "synthetic-s90", "sparse-direct")]
     # the block pairs, not the ratio of medians (8/2 = 2.0 would be the same here; the range tells them apart)
     assert (fig.median, fig.low, fig.high, fig.spread, fig.base) == (2.0, 1.0, 4.0, "block pairs", "onnxruntime")
     compare = Path(sys.executable).with_name("pytest-benchmark")
