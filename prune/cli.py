@@ -358,22 +358,35 @@ def cmd_report(args) -> int:
 
 def cmd_study(args) -> int:
     """Run the pruning study grid (and controls), resumably, into one output folder."""
+    from prune.claims import WorkerSettings, report, submit_slurm
     from prune.data import DataSettings
     from prune.study import StudySettings, run_study
     from prune.train import EvalSettings, TrainSettings
 
+    worker = settings_from(args, WorkerSettings)
+    worker.check()
+    if worker.report_only:
+        print(report(args.out, worker))
+        return 0
+    if worker.slurm:
+        jobs = submit_slurm(args.argv, args.out, worker)
+        print(f"submitted {len(jobs)} workers ({', '.join(jobs[:3])}{', ...' if len(jobs) > 3 else ''}); "
+              f"their logs go to {Path(args.out) / 'slurm'}; follow with: {PROG} study --out {args.out} --report-only")
+        return 0
     rows = run_study(
         settings_from(args, DataSettings),
         settings_from(args, TrainSettings, epochs=0),  # each case sets its own epochs
         settings_from(args, EvalSettings),
         settings_from(args, StudySettings),
         command=" ".join([PROG] + [shlex.quote(a) for a in args.argv]),
+        worker=worker,
     )
-    print(f"{len(rows)} cases in {Path(args.out) / 'results.md'}")
+    _say(f"{len(rows)} cases in {Path(args.out) / 'results.md'}")
     return 0
 
 
 def build_parser() -> Parser:
+    from prune.claims import WorkerSettings
     from prune.data import DataSettings
     from prune.study import StudySettings
     from prune.train import FINETUNE_DEFAULTS, EvalSettings, PruneSettings, TrainSettings
@@ -423,6 +436,7 @@ def build_parser() -> Parser:
     add_settings(p, DataSettings)
     add_settings(p, TrainSettings, defaults=FINETUNE_DEFAULTS, exclude=("epochs",))
     add_settings(p, EvalSettings)
+    add_settings(p, WorkerSettings)
     p.set_defaults(func=cmd_study)
     return parser
 

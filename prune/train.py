@@ -259,7 +259,7 @@ def fit(
         if generator is not None and saved.get("loader_rng") is not None:
             generator.set_state(saved["loader_rng"].to(generator.get_state().device))
         first, history = saved["epoch"], list(saved["history"])
-        if settings.progress and world.is_main:
+        if world.is_main:
             tqdm.write(f"{desc}: resuming after epoch {first}/{epochs} from {resume.path}")
     net = distributed.wrap(model, world, device)
     step = first * len(loader)
