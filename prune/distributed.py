@@ -22,6 +22,7 @@ import dataclasses
 import datetime as _dt
 import math
 import os
+import sys
 from typing import Iterator
 
 import torch
@@ -94,7 +95,11 @@ def setup(device: str = "auto", backend: str = "auto") -> World:
             )
         torch.cuda.set_device(local_rank)
     dist.init_process_group(chosen, timeout=TIMEOUT)
-    return current()
+    world = current()
+    if not world.is_main:
+        # Every rank runs the same command; rank 0 alone speaks (messages go to stdout, errors still to stderr).
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - open for the life of the process
+    return world
 
 
 def device(name: str, world: World) -> torch.device:
