@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -263,6 +264,11 @@ class Heartbeat(threading.Thread):
 # -- running a study as one of many ---------------------------------------------------------------
 
 
+def _gist(why: str) -> str:
+    """A waiting message without its heartbeat ages: said again only when who holds what changes."""
+    return re.sub(r"heartbeat \d+ s ago", "", why)
+
+
 def _decide(world, claims: Claims | None, choose):
     """Rank 0 chooses (under the folder's lock); every rank gets its choice."""
     choice = None
@@ -299,9 +305,9 @@ def _base(world, claims, study, worker: WorkerSettings, train_it):
                     claims.release(BASE)
                     claims.event("finished", BASE)
             return result
-        if world.is_main and why != said:
+        if world.is_main and _gist(why) != said:
             tqdm.write(f"waiting for the base model at {study.base_path}: {why}")
-            said = why
+            said = _gist(why)
         time.sleep(worker.poll)
 
 
@@ -355,9 +361,9 @@ def run_claimed(data_settings, train, evals, study, worker: WorkerSettings, comm
                 if world.is_main:
                     tqdm.write(f"left to other processes: {why} (with --worker this process would wait for them)")
                 break
-            if world.is_main and why != said:
+            if world.is_main and _gist(why) != said:
                 tqdm.write(f"waiting for cases other processes run: {why}")
-                said = why
+                said = _gist(why)
             time.sleep(worker.poll)
             continue
         if action == "taken" and world.is_main:

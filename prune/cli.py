@@ -227,10 +227,12 @@ def cmd_prune(args) -> int:
     data = load_data(data_settings)
     set_seed(train.seed)
     macs = layer_macs(model)
-    outcome = prune_and_finetune(model, data, prune, train)
+    resume = _resume_path(args.out)
+    outcome = prune_and_finetune(model, data, prune, train, resume=resume)
     accuracy, _ = evaluate(model, data, distributed.device(train.device, distributed.current()))
     model.to("cpu")
     path = save_checkpoint(args.out, model, _prune_meta(meta, data, prune, train, outcome, accuracy, macs, args.checkpoint), args.force)
+    _finished(resume)
     _say(
         f"{path}: sparsity {outcome.mask.sparsity:.2%} ({outcome.mask.zeros} of {outcome.mask.numel} weights), "
         f"accuracy {accuracy:.2%} on {data.name}"

@@ -1,6 +1,6 @@
 """Run under torchrun by tests/test_distributed.py: fine-tune a small pruned net, each rank saving what it holds.
 
-    python -m torch.distributed.run --nproc-per-node N tests/ddp_fit.py OUT
+    python -m torch.distributed.run --nproc-per-node N tests/ddp_fit.py OUT [cpu|cuda]
 
 Every rank writes OUT/rank<R>.pt (its weights and masks, by torch.save); all call save_checkpoint for
 OUT/model.pt (the masks made permanent), which only rank 0 writes; rank 0 writes OUT/history.json.
@@ -42,9 +42,9 @@ def net() -> nn.Module:
     )
 
 
-def run(out: Path) -> list[dict]:
+def run(out: Path, device: str = "cpu") -> list[dict]:
     """Fine-tune the net, save what this rank holds, return the history (also called in-process, world of one)."""
-    settings = TrainSettings(epochs=2, batch_size=GLOBAL_BATCH, lr=0.05, schedule="cosine", workers=0, progress=False, device="cpu", seed=3)
+    settings = TrainSettings(epochs=2, batch_size=GLOBAL_BATCH, lr=0.05, schedule="cosine", workers=0, progress=False, device=device, seed=3, amp="off")
     world = distributed.setup(settings.device, settings.dist_backend)
     data = load_data(DataSettings("synthetic", train_limit=64, test_limit=16))
     model = net()
@@ -53,18 +53,19 @@ def run(out: Path) -> list[dict]:
     attach_(layers, mask)
     history = fit(model, data, settings, desc="ddp")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    torch.save(state, out / f"rank{world.rank}.pt")
+    torch.save({k: v.cpu() for k, v in state.items()}, out / f"rank{world.rank}.pt")
     make_permanent_(layers)
     save_checkpoint(out / "model.pt", model, {"processes": world.size})
     if world.is_main:
-        (out / "history.json").write_text(json.dumps({"world": world.size, "history": history}))
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
+        (out / "history.json").write_text(json.dumps({"world": world.size, "backend": backend, "history": history}))
     return history
 
 
-def main(out: Path) -> None:
+def main(out: Path, device: str = "cpu") -> None:
     torch.set_num_threads(1)
-    run(out)
+    run(out, device)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:])

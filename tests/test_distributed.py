@@ -178,3 +178,56 @@ def test_torchrun_refuses_a_batch_that_does_not_divide(base_checkpoint, tmp_path
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert errors and all("does not divide among 2 processes" in e for e in errors)
     assert not (tmp_path / "ft.pt").exists()
+
+
+def test_a_pruning_run_killed_in_its_second_round_resumes_there_with_its_masks(synthetic, tmp_path, monkeypatch):
+    """Iterative pruning, 2 rounds x 2 epochs, killed after round 2's first epoch: the rerun prunes nothing
+    again, goes on from that epoch and ends with the weights and masks of an uninterrupted run."""
+    import prune.train
+    from conftest import tiny_net
+    from prune.mask import Mask
+    from prune.models import prunable_layers
+    from prune.train import PruneSettings, prune_and_finetune
+
+    settings = TrainSettings(epochs=2, batch_size=64, lr=0.01, schedule="cosine", workers=0, progress=False, device="cpu")
+    prune_settings = PruneSettings(sparsity=0.75, rounds=2)
+
+    def run(resume=None):
+        model = tiny_net()
+        torch.manual_seed(7)
+        outcome = prune_and_finetune(model, synthetic, prune_settings, settings, desc="case", resume=resume)
+        return model, outcome
+
+    whole, outcome = run()
+    state = tmp_path / "case.pt"
+    real, saves = prune.train._save_resume, []
+
+    def save_then_die(*args):
+        real(*args)
+        saves.append(1)
+        if len(saves) == 3:  # round 1: epochs 1, 2; round 2: epoch 1
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prune.train, "_save_resume", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(state)
+    monkeypatch.setattr(prune.train, "_save_resume", real)
+    saved = torch.load(state, weights_only=True)
+    assert (saved["tag"]["round"], saved["epoch"]) == (1, 1) and len(saved["note"]["log"]) == 1
+    resumed, again = run(state)
+    for key, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert Mask.from_model(prunable_layers(resumed)).zeros == outcome.mask.zeros == again.mask.zeros
+    assert [r["round"] for r in again.rounds] == [1, 2]
+    assert [h["loss"] for r in again.rounds for h in r["epochs"]] == [h["loss"] for r in outcome.rounds for h in r["epochs"]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: NCCL and cuda:LOCAL_RANK need one")
+def test_torchrun_on_cuda_uses_nccl_one_gpu_per_rank(tmp_path):
+    n = min(2, torch.cuda.device_count())
+    done = _torchrun(n, HERE / "ddp_fit.py", tmp_path, "cuda")
+    assert done.returncode == 0, done.stderr[-2000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(n)]
+    assert all(torch.equal(ranks[0][k], other[k]) for other in ranks[1:] for k in ranks[0])
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["world"] == n and history["backend"] == "nccl"
