@@ -158,7 +158,6 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 def merged_markdown(cols: list[Column], notes: list[str]) -> str:
     """The table: rows model x backend x batch, a column per host, and a ratio to the first host where comparable."""
-    first = cols[0]
     rows = sorted(
         {k for c in cols for k in c.cells},
         key=lambda k: (k[3], k[2], k[1][1], k[0], k[1]),  # batch, backend, sparsity, name

@@ -351,7 +351,13 @@ def run_claimed(data_settings, train, evals, study, worker: WorkerSettings, comm
             busy.append(f"{name} ({why})")
         return ("wait", "", "; ".join(busy)) if busy else ("done", "", "")
 
-    bar = tqdm(total=len(cases), desc="study", disable=not train.progress or not world.is_main)
+    done = 0
+    if world.is_main and not study.force:
+        finished = Results(out)
+        done = sum(1 for name in cases if finished.done(name))
+        if done:
+            tqdm.write(f"{done} of {len(cases)} cases done already (in {finished.path}); --force reruns them")
+    bar = tqdm(total=len(cases), initial=done, desc="study", disable=not train.progress or not world.is_main)
     while True:
         action, name, why = _decide(world, claims, choose)
         if action == "done":

@@ -74,7 +74,7 @@ def choose_backend(name: str, device: torch.device) -> str:
 def current() -> World:
     """The world of the initialised process group (a world of one if there is none)."""
     if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     return World()
 
 
@@ -84,7 +84,7 @@ def setup(device: str = "auto", backend: str = "auto") -> World:
         return World()
     if dist.is_initialized():
         return current()
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     target = resolve_device(device)
     chosen = choose_backend(backend, target)
     if target.type == "cuda":

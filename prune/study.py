@@ -33,7 +33,7 @@ from prune.data import DataSet, DataSettings, load_data
 from prune.errors import PruneBenchError
 from prune.mask import format_report
 from prune.models import ARCH, layer_macs
-from prune.platform import provenance, resolve_device, set_seed
+from prune.platform import provenance, set_seed
 from prune.schedule import check_rounds, check_sparsity
 from prune.strategies import STRATEGIES
 from prune.train import (
@@ -446,7 +446,7 @@ def config_of(data_settings: DataSettings, train: TrainSettings, study: StudySet
         "batch_size": train.batch_size,
         "seed": train.seed,
         "include_downsample": study.include_downsample,
-        "base": str(study.base_path),
+        "base": study.base,  # as given (empty: OUT/resnet18_base.pt), so that --out may be spelt differently
         "base_epochs": study.base_epochs,
         "base_lr": study.base_lr,
     }
@@ -470,7 +470,6 @@ def prepare_study(
     evals.check()
     study.check()
     cases = select_cases(study)
-    device = resolve_device(train.device)
     out = Path(study.out)
     if out.exists() and not out.is_dir():
         raise PruneBenchError(f"--out {out} is a file, not a folder")

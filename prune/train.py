@@ -446,12 +446,13 @@ def prune_and_finetune(
     strategy = make_strategy(prune.strategy, seed=train.seed)
     log: list[dict] = []
     start_round = None
+    what = {"case": desc, **dataclasses.asdict(prune)}  # a saved state resumes only the very same pruning
     found = read_note(resume) if resume is not None and train.epochs > 0 else None
     if found is not None:
         tag, note, state = found
         keys = [f"{name}.weight_mask" for name in layers]
-        if tag.get("case") != desc or any(k not in state for k in keys):
-            raise PruneBenchError(f"{resume} holds the state of another training than {desc}: delete it to start afresh")
+        if {k: tag.get(k) for k in what} != what or any(k not in state for k in keys):
+            raise PruneBenchError(f"{resume} holds the state of another pruning run than this {desc}: delete it to start afresh")
         attach_(layers, Mask({name: state[k] for name, k in zip(layers, keys)}))
         start_round, log = int(tag["round"]), list(note.get("log", []))
 
@@ -461,7 +462,7 @@ def prune_and_finetune(
             tuned = dataclasses.replace(train, seed=train.seed + k)
             state = None
             if resume is not None:
-                state = Resume(resume, {"case": desc, "round": k}, replace=k != start_round, note={"log": list(log)})
+                state = Resume(resume, {**what, "round": k}, replace=k != start_round, note={"log": list(log)})
             entry["epochs"] = fit(model, data, tuned, desc=f"{desc} round {k + 1}/{prune.rounds}", resume=state)
         log.append(entry)
 

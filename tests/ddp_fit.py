@@ -17,13 +17,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prune import distributed  # noqa: E402
-from prune.checkpoint import save_checkpoint  # noqa: E402
-from prune.data import DataSettings, load_data  # noqa: E402
-from prune.mask import Mask, attach_, make_permanent_  # noqa: E402
-from prune.models import prunable_layers  # noqa: E402
-from prune.strategies import get_strategy  # noqa: E402
-from prune.train import TrainSettings, fit  # noqa: E402
+from prune import distributed
+from prune.checkpoint import save_checkpoint
+from prune.data import DataSettings, load_data
+from prune.mask import Mask, attach_, make_permanent_
+from prune.models import prunable_layers
+from prune.strategies import get_strategy
+from prune.train import TrainSettings, fit
 
 GLOBAL_BATCH = 16
 

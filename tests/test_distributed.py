@@ -183,8 +183,9 @@ def test_torchrun_refuses_a_batch_that_does_not_divide(base_checkpoint, tmp_path
 def test_a_pruning_run_killed_in_its_second_round_resumes_there_with_its_masks(synthetic, tmp_path, monkeypatch):
     """Iterative pruning, 2 rounds x 2 epochs, killed after round 2's first epoch: the rerun prunes nothing
     again, goes on from that epoch and ends with the weights and masks of an uninterrupted run."""
-    import prune.train
     from conftest import tiny_net
+
+    import prune.train
     from prune.mask import Mask
     from prune.models import prunable_layers
     from prune.train import PruneSettings, prune_and_finetune
