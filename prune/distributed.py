@@ -120,6 +120,12 @@ def per_rank_batch(global_batch: int, world: World) -> int:
     return global_batch // world.size
 
 
+def check_batch(global_batch: int) -> None:
+    """Under torchrun, refuse a global batch that does not divide among its processes (before a process group exists)."""
+    if launched() and global_batch >= 1:
+        per_rank_batch(global_batch, World(size=int(os.environ["WORLD_SIZE"])))
+
+
 def is_main() -> bool:
     return current().is_main
 

@@ -56,6 +56,7 @@ class TrainSettings:
     def check(self) -> None:
         """Raise a one-line error for impossible settings, before any work starts."""
         distributed.choose_backend(self.dist_backend, resolve_device(self.device))
+        distributed.check_batch(self.batch_size)  # under torchrun, before any work
         if self.epochs < 0:
             raise PruneBenchError(f"--epochs {self.epochs} must be >= 0")
         if self.batch_size < 1:

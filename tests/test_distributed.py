@@ -169,15 +169,16 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(tmp_pat
     assert steps[0][0] != pytest.approx(steps[0][-1], rel=1e-3)  # the curve moves: the comparison is not of constants
 
 
-def test_torchrun_refuses_a_batch_that_does_not_divide(base_checkpoint, tmp_path):
-    done = _torchrun(
-        2, "-m", "prune", "finetune", base_checkpoint, "--out", tmp_path / "ft.pt", "--dataset", "synthetic",
-        "--train-limit", "8", "--test-limit", "8", "--batch-size", "3", "--epochs", "1", "--device", "cpu", "--no-progress",
-    )  # fmt: skip
-    assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert errors and all("does not divide among 2 processes" in e for e in errors)
-    assert not (tmp_path / "ft.pt").exists()
+def test_under_torchrun_a_batch_that_does_not_divide_is_refused_before_any_work(base_checkpoint, tmp_path, monkeypatch, capsys):
+    from prune.cli import main
+
+    for key, value in dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0").items():  # as torchrun sets them for rank 0 of 2
+        monkeypatch.setenv(key, value)
+    argv = ["finetune", base_checkpoint, "--out", tmp_path / "ft.pt", "--dataset", "synthetic", "--batch-size", "3", "--device", "cpu"]
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --batch-size 3 is the global batch and does not divide among 2 processes: use a multiple of 2\n"
+    assert not dist.is_initialized() and not (tmp_path / "ft.pt").exists()
 
 
 def test_a_pruning_run_killed_in_its_second_round_resumes_there_with_its_masks(synthetic, tmp_path, monkeypatch):
