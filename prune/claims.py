@@ -389,6 +389,7 @@ def run_claimed(data_settings, train, evals, study, worker: WorkerSettings, comm
                     results.put(row, run.header, run.order)
                     plot(results.data, cases, out / "accuracy_vs_sparsity.png")
                     resume.unlink(missing_ok=True)
+                    resume.with_name(resume.name + ".tmp").unlink(missing_ok=True)  # a save cut short by a kill
                     claims.event("finished", name, accuracy=row["accuracy"])
                 else:
                     tqdm.write(f"{name}: another process took this case over while it ran; its result stands, not this one's")

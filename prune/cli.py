@@ -173,6 +173,7 @@ def _finished(resume: Path) -> None:
     barrier()
     if is_main():
         resume.unlink(missing_ok=True)
+        resume.with_name(resume.name + ".tmp").unlink(missing_ok=True)  # a save cut short by a kill
 
 
 def _say(text: str) -> None:

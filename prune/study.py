@@ -394,6 +394,7 @@ def load_or_train_base(study: StudySettings, data: DataSet, train: TrainSettings
     barrier()
     if is_main():
         resume.unlink(missing_ok=True)
+        resume.with_name(resume.name + ".tmp").unlink(missing_ok=True)  # a save cut short by a kill
     return model, meta
 
 
