@@ -520,6 +520,9 @@ def prepare_study(
         },
         "provenance": provenance(),
     }
+    if results.data.get("study") not in (None, fingerprint):  # --force with other settings: the table starts afresh
+        results.data = {**header, "rows": []}
+        results.write()
     order = [c.name for c in grid(study) + controls(study)] + [c.name for c in cases]
     tqdm.write(f"base: accuracy {base_accuracy:.2%}, {base_time * 1e3:.3f} ms/image on {device.type}")
     return StudyRun(data_settings, train, evals, study, cases, out, data, base_model, fingerprint, header, order, macs)

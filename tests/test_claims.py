@@ -228,3 +228,14 @@ def test_two_workers_share_the_grid_and_a_killed_ones_case_is_taken_over_and_res
     out = capsys.readouterr().out
     assert "2 cases finished" in out and "no case is running" in out
     assert "| 50perc_iterative2_2 | iterative |" in (shared / "results.md").read_text()
+
+
+def test_force_with_other_settings_starts_the_table_afresh(base_checkpoint, tmp_path, capsys):
+    argv = TINY + ["--out", str(tmp_path), "--base", str(base_checkpoint), "--cases", "50perc_oneshot0"]
+    assert main(argv) == 0
+    assert main(argv + ["--lr", "0.01"]) == 2  # another configuration: refused
+    assert main(argv + ["--lr", "0.01", "--force"]) == 0
+    capsys.readouterr()
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["study"]["lr"] == 0.01 and [r["lr"] for r in data["rows"]] == [0.01]
+    assert json.loads((tmp_path / "study.json").read_text())["lr"] == 0.01
