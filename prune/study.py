@@ -10,7 +10,10 @@ Output folder: one checkpoint per case named as the seed named them
 ``results.json`` (the source of truth) rendered to ``results.csv`` and
 ``results.md``, ``reports/<case>.md`` (per-layer sparsity) and
 ``accuracy_vs_sparsity.png``. Each file is written whole and renamed into
-place, so a run killed mid-case loses only that case.
+place, so a run killed mid-case loses only that case, and not all of it:
+``resume/<case>.pt`` holds its training state after every epoch. Processes
+sharing the folder claim cases through ``claims/`` and agree on ``study.json``
+(``prune.claims``).
 """
 
 from __future__ import annotations
