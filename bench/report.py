@@ -389,6 +389,13 @@ def plot(runs: list[Run], path: Path) -> Path:
                 own.setdefault((r.device_kind(c.device), c.device, c.batch_size), {}).setdefault(c.backend, []).append(
                     (c.sparsity * 100, sp.own))
     panels = list(groups) or list(own)
+    if not panels:  # no dense (0%) model in the runs: no speedup to draw
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no dense (0%) model in these runs: no speedup to draw", ha="center", va="center")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
     fig, axes = plt.subplots(len(panels), 2, figsize=(11, 4.2 * len(panels)), squeeze=False,
                              gridspec_kw={"width_ratios": [2.2, 1]})
     colors: dict[str, str] = {}
@@ -450,9 +457,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="pytest-benchmark JSON files (.benchmarks/<machine>/NNNN_*.json)")
     parser.add_argument("-o", "--outdir", default="bench-report", help="folder for report.md and speedup.png")
     parser.add_argument("--force", action="store_true", help="overwrite report.md and speedup.png there")
+    parser.add_argument(
+        "--merge", action="store_true",
+        help="also one table and plot with a column per host (merged.md, merged.png; automatic for files from several hosts)",
+    )
     args = parser.parse_args(argv)
     try:
         markdown, md_path, png_path = write_report(args.runs, args.outdir, args.force)
+        from bench import merge  # several hosts read together: see bench/merge.py
+
+        if args.merge or merge.host_count(args.runs) > 1:
+            merged, merged_md, merged_png = merge.write_merged(args.runs, args.outdir, args.force)
+            markdown += "\n" + merged
+            png_path = f"{png_path}, {merged_md} and {merged_png}"
     except PruneBenchError as e:
         import sys
 

@@ -37,11 +37,18 @@ def check_writable(path: str | Path, force: bool = False) -> Path:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, force: bool = False) -> Path:
-    """Save plain weights and metadata; refuses masks still attached and existing files without ``force``."""
+    """Save plain weights and metadata; refuses masks still attached and existing files without ``force``.
+
+    Under torchrun only rank 0 writes.
+    """
     state = model.state_dict()
     leftover = [k for k in state if k.endswith(("_orig", "_mask"))]
     if leftover:
         raise PruneBenchError(f"model still has pruning masks attached ({leftover[0]}): make them permanent first")
+    from prune.distributed import is_main
+
+    if not is_main():  # under torchrun every rank holds the same weights; rank 0 checks and writes them
+        return Path(path)
     path = check_writable(path, force)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"state_dict": {k: v.detach().cpu() for k, v in state.items()}, "meta": dict(meta)}, tmp)

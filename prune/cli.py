@@ -153,10 +153,35 @@ def cmd_train(args) -> int:
     train.check()
     check_writable(args.out, args.force)  # before the work, not after
     data = load_data(data_settings)
-    model, meta = train_model(data, train)
+    resume = _resume_path(args.out)
+    model, meta = train_model(data, train, resume=resume)
     path = save_checkpoint(args.out, model, meta, force=args.force)
-    print(f"{path}: accuracy {meta['accuracy']:.2%} on {data.name} ({data.note}), {meta['train_seconds']:.0f} s")
+    _finished(resume)
+    _say(f"{path}: accuracy {meta['accuracy']:.2%} on {data.name} ({data.note}), {meta['train_seconds']:.0f} s")
     return 0
+
+
+def _resume_path(out: str) -> Path:
+    """Where a training run keeps its state after every epoch until its checkpoint is saved (a killed run goes on from it)."""
+    out = Path(out)
+    return out.with_name(out.name + ".resume")
+
+
+def _finished(resume: Path) -> None:
+    from prune.distributed import barrier, is_main
+
+    barrier()
+    if is_main():
+        resume.unlink(missing_ok=True)
+        resume.with_name(resume.name + ".tmp").unlink(missing_ok=True)  # a save cut short by a kill
+
+
+def _say(text: str) -> None:
+    """Print on rank 0 only (under torchrun every rank runs the command)."""
+    from prune.distributed import is_main
+
+    if is_main():
+        print(text)
 
 
 def _prune_meta(model_meta: dict, data, prune, train, outcome, accuracy: float, macs, source: str) -> dict:
@@ -187,10 +212,11 @@ def _prune_meta(model_meta: dict, data, prune, train, outcome, accuracy: float, 
 
 def cmd_prune(args) -> int:
     """Prune a checkpoint one-shot or iteratively, fine-tuning after each round, and save the result."""
+    from prune import distributed
     from prune.checkpoint import check_writable, load_checkpoint, save_checkpoint
     from prune.data import DataSettings, load_data
     from prune.models import layer_macs
-    from prune.platform import resolve_device, set_seed
+    from prune.platform import set_seed
     from prune.train import PruneSettings, TrainSettings, evaluate, prune_and_finetune
 
     data_settings = settings_from(args, DataSettings)
@@ -202,11 +228,13 @@ def cmd_prune(args) -> int:
     data = load_data(data_settings)
     set_seed(train.seed)
     macs = layer_macs(model)
-    outcome = prune_and_finetune(model, data, prune, train)
-    accuracy, _ = evaluate(model, data, resolve_device(train.device))
+    resume = _resume_path(args.out)
+    outcome = prune_and_finetune(model, data, prune, train, resume=resume)
+    accuracy, _ = evaluate(model, data, distributed.device(train.device, distributed.current()))
     model.to("cpu")
     path = save_checkpoint(args.out, model, _prune_meta(meta, data, prune, train, outcome, accuracy, macs, args.checkpoint), args.force)
-    print(
+    _finished(resume)
+    _say(
         f"{path}: sparsity {outcome.mask.sparsity:.2%} ({outcome.mask.zeros} of {outcome.mask.numel} weights), "
         f"accuracy {accuracy:.2%} on {data.name}"
     )
@@ -215,12 +243,13 @@ def cmd_prune(args) -> int:
 
 def cmd_finetune(args) -> int:
     """Fine-tune a (pruned) checkpoint with its zero weights held at zero, and save the result."""
+    from prune import distributed
     from prune.checkpoint import check_writable, load_checkpoint, save_checkpoint
     from prune.data import DataSettings, load_data
     from prune.mask import Mask, attach_, make_permanent_
     from prune.models import prunable_layers
-    from prune.platform import provenance, resolve_device, set_seed
-    from prune.train import TrainSettings, evaluate, fit
+    from prune.platform import provenance, set_seed
+    from prune.train import Resume, TrainSettings, evaluate, fit
 
     data_settings, train = settings_from(args, DataSettings), settings_from(args, TrainSettings)
     data_settings.check()
@@ -232,9 +261,10 @@ def cmd_finetune(args) -> int:
     layers = prunable_layers(model, include_downsample=True)  # every conv and fc: all their zeros stay zeros
     mask = Mask.from_model(layers)
     attach_(layers, mask)
-    fit(model, data, train, desc="finetune")
+    resume = _resume_path(args.out)
+    fit(model, data, train, desc="finetune", resume=Resume(resume, {"case": "finetune", "from": str(args.checkpoint)}))
     make_permanent_(layers)
-    device = resolve_device(train.device)
+    device = distributed.device(train.device, distributed.current())
     accuracy, _ = evaluate(model, data, device)
     model.to("cpu")
     meta = {
@@ -249,7 +279,8 @@ def cmd_finetune(args) -> int:
         "provenance": provenance(),
     }
     path = save_checkpoint(args.out, model, meta, args.force)
-    print(f"{path}: accuracy {accuracy:.2%} on {data.name}, {mask.sparsity:.2%} of the weights held at zero")
+    _finished(resume)
+    _say(f"{path}: accuracy {accuracy:.2%} on {data.name}, {mask.sparsity:.2%} of the weights held at zero")
     return 0
 
 
@@ -330,22 +361,35 @@ def cmd_report(args) -> int:
 
 def cmd_study(args) -> int:
     """Run the pruning study grid (and controls), resumably, into one output folder."""
+    from prune.claims import WorkerSettings, report, submit_slurm
     from prune.data import DataSettings
     from prune.study import StudySettings, run_study
     from prune.train import EvalSettings, TrainSettings
 
+    worker = settings_from(args, WorkerSettings)
+    worker.check()
+    if worker.report_only:
+        print(report(args.out, worker))
+        return 0
+    if worker.slurm:
+        jobs = submit_slurm(args.argv, args.out, worker)
+        print(f"submitted {len(jobs)} workers ({', '.join(jobs[:3])}{', ...' if len(jobs) > 3 else ''}); "
+              f"their logs go to {Path(args.out) / 'slurm'}; follow with: {PROG} study --out {args.out} --report-only")
+        return 0
     rows = run_study(
         settings_from(args, DataSettings),
         settings_from(args, TrainSettings, epochs=0),  # each case sets its own epochs
         settings_from(args, EvalSettings),
         settings_from(args, StudySettings),
         command=" ".join([PROG] + [shlex.quote(a) for a in args.argv]),
+        worker=worker,
     )
-    print(f"{len(rows)} cases in {Path(args.out) / 'results.md'}")
+    _say(f"{len(rows)} cases in {Path(args.out) / 'results.md'}")
     return 0
 
 
 def build_parser() -> Parser:
+    from prune.claims import WorkerSettings
     from prune.data import DataSettings
     from prune.study import StudySettings
     from prune.train import FINETUNE_DEFAULTS, EvalSettings, PruneSettings, TrainSettings
@@ -395,6 +439,7 @@ def build_parser() -> Parser:
     add_settings(p, DataSettings)
     add_settings(p, TrainSettings, defaults=FINETUNE_DEFAULTS, exclude=("epochs",))
     add_settings(p, EvalSettings)
+    add_settings(p, WorkerSettings)
     p.set_defaults(func=cmd_study)
     return parser
 

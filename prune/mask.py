@@ -171,3 +171,15 @@ def format_report(rows: list[LayerRow], mac_weighted: float | None = None) -> st
         limit = f"{1.0 / (1.0 - mac_weighted):.2f}x" if mac_weighted < 1.0 else "unbounded (every MAC pruned)"
         lines.append(f"MAC-weighted sparsity {mac_weighted:.2%}; speedup limit 1/(1-s) = {limit}")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def reapply_masks_(model: nn.Module) -> None:
+    """Zero the pruned entries of every attached mask's ``weight_orig`` (after an optimizer step).
+
+    The forward pass multiplies by the mask anyway; zeroing the stored weights too
+    keeps them exact on every rank, whatever momentum and weight decay did.
+    """
+    for module in model.modules():
+        if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
+            module.weight_orig.mul_(module.weight_mask)

@@ -58,11 +58,14 @@ def cpu_flags() -> set[str]:
 
 
 def isa_of(flags: set[str] | list[str]) -> str:
-    """The widest x86 vector instruction set in ``flags``: "avx512+amx", "avx512", "avx2" or "baseline"."""
+    """The widest vector instruction set in a CPU's ``flags``: "avx512+amx", "avx512", "avx2", "sve", "neon"
+    or "baseline"."""
     flags = set(flags)
     if {"avx512f", "avx512bw", "avx512vl"} <= flags:
         return "avx512+amx" if "amx_tile" in flags else "avx512"
-    return "avx2" if {"avx2", "fma"} <= flags else "baseline"
+    if {"avx2", "fma"} <= flags:
+        return "avx2"
+    return "sve" if "sve" in flags else "neon" if "asimd" in flags else "baseline"
 
 
 def cpu_kind() -> str:

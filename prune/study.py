@@ -10,7 +10,10 @@ Output folder: one checkpoint per case named as the seed named them
 ``results.json`` (the source of truth) rendered to ``results.csv`` and
 ``results.md``, ``reports/<case>.md`` (per-layer sparsity) and
 ``accuracy_vs_sparsity.png``. Each file is written whole and renamed into
-place, so a run killed mid-case loses only that case.
+place, so a run killed mid-case loses only that case, and not all of it:
+``resume/<case>.pt`` holds its training state after every epoch. Processes
+sharing the folder claim cases through ``claims/`` and agree on ``study.json``
+(``prune.claims``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from prune.data import DataSet, DataSettings, load_data
 from prune.errors import PruneBenchError
 from prune.mask import format_report
 from prune.models import ARCH, layer_macs
-from prune.platform import provenance, resolve_device, set_seed
+from prune.platform import provenance, set_seed
 from prune.schedule import check_rounds, check_sparsity
 from prune.strategies import STRATEGIES
 from prune.train import (
@@ -50,6 +53,7 @@ DEFAULT_STRATEGY = "magnitude"
 RANDOM_STRATEGY = "random"
 BASE_NAME = "resnet18_base.pt"
 RESULTS = "results.json"
+RESUME = "resume"  # subfolder of the study folder: training state of unfinished cases, after every epoch
 COLUMNS = (  # the CSV and Markdown columns, in order
     "case",
     "method",
@@ -230,7 +234,11 @@ def select_cases(study: StudySettings) -> list[Case]:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place (rank 0 only under torchrun)."""
+    from prune.distributed import is_main
+
+    if not is_main():
+        return
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
@@ -381,28 +389,91 @@ def load_or_train_base(study: StudySettings, data: DataSet, train: TrainSettings
     check_writable(path)
     tqdm.write(f"no base checkpoint at {path}: training one ({study.base_epochs} epochs on {data.name})")
     base_train = dataclasses.replace(train, epochs=study.base_epochs, lr=study.base_lr, schedule="onecycle")
-    model, meta = train_model(data, base_train)
+    resume = Path(study.out) / RESUME / "base.pt"  # a killed run goes on from its last epoch
+    model, meta = train_model(data, base_train, resume=resume)
     save_checkpoint(path, model, meta)
+    from prune.distributed import barrier, is_main
+
+    barrier()
+    if is_main():
+        resume.unlink(missing_ok=True)
+        resume.with_name(resume.name + ".tmp").unlink(missing_ok=True)  # a save cut short by a kill
     return model, meta
 
 
-def run_study(
+@dataclasses.dataclass
+class StudyRun:
+    """A study made ready to run its cases: settings, data, the base model and the results' header."""
+
+    data_settings: DataSettings
+    train: TrainSettings
+    evals: EvalSettings
+    study: StudySettings
+    cases: list[Case]
+    out: Path
+    data: DataSet
+    base_model: object
+    fingerprint: dict
+    header: dict
+    order: list[str]
+    macs: dict[str, int]
+
+    def ready_case(self, case: Case, resume: Path | None = None) -> dict:
+        """Run ``case`` (or recover its row from a checkpoint left without one); return its row."""
+        ckpt = self.out / case.checkpoint
+        if not self.study.force and ckpt.exists():
+            row = _recover(ckpt, self.fingerprint)
+            tqdm.write(f"{case.name}: checkpoint found without its results row; row recovered from its meta")
+            return row
+        row = run_case(
+            case, self.base_model, self.data, self.train, self.evals, self.study, self.macs, self.header, ckpt,
+            self.fingerprint, resume=resume,
+        )  # fmt: skip
+        tqdm.write(
+            f"{case.name}: accuracy {row['accuracy']:.2%} (drop vs base {row['accuracy_drop'] * 100:+.2f} pp), "
+            f"sparsity {row['achieved_sparsity']:.2%}, {row['wall_s']:.0f} s"
+        )
+        return row
+
+
+def config_of(data_settings: DataSettings, train: TrainSettings, study: StudySettings) -> dict:
+    """What every process sharing a study folder must agree on (the cases each runs may differ)."""
+    return {
+        "arch": ARCH,
+        "dataset": data_settings.dataset,
+        "train_limit": data_settings.train_limit,
+        "test_limit": data_settings.test_limit,
+        "lr": train.lr,
+        "momentum": train.momentum,
+        "weight_decay": train.weight_decay,
+        "schedule": train.schedule,
+        "batch_size": train.batch_size,
+        "seed": train.seed,
+        "include_downsample": study.include_downsample,
+        "base": study.base,  # as given (empty: OUT/resnet18_base.pt), so that --out may be spelt differently
+        "base_epochs": study.base_epochs,
+        "base_lr": study.base_lr,
+    }
+
+
+def prepare_study(
     data_settings: DataSettings,
     train: TrainSettings,
     evals: EvalSettings,
     study: StudySettings,
     command: str = "",
-) -> list[dict]:
-    """Run the selected cases that are not finished yet; return the results table's rows.
+    get_base=None,
+) -> StudyRun:
+    """Check the settings and the folder, load the data, get the base model, measure it; nothing of a case yet.
 
-    ``train`` configures fine-tuning (its ``epochs`` is replaced by each case's).
+    ``get_base(train_it)`` returns the base model and meta (study workers wrap it
+    so that one of them trains the base and the others wait); default: load or train here.
     """
     data_settings.check()
     train.check()
     evals.check()
     study.check()
     cases = select_cases(study)
-    device = resolve_device(train.device)
     out = Path(study.out)
     if out.exists() and not out.is_dir():
         raise PruneBenchError(f"--out {out} is a file, not a folder")
@@ -412,7 +483,11 @@ def run_study(
 
     data = load_data(data_settings)
     data.require_train()
-    base_model, base_meta = load_or_train_base(study, data, train)
+    train_it = lambda: load_or_train_base(study, data, train)  # noqa: E731
+    base_model, base_meta = get_base(train_it) if get_base is not None else train_it()
+    from prune import distributed
+
+    device = distributed.device(train.device, distributed.current())
     fingerprint = {
         "arch": ARCH,
         "dataset": data.name,
@@ -448,31 +523,32 @@ def run_study(
         },
         "provenance": provenance(),
     }
+    if results.data.get("study") not in (None, fingerprint):  # --force with other settings: the table starts afresh
+        results.data = {**header, "rows": []}
+        results.write()
     order = [c.name for c in grid(study) + controls(study)] + [c.name for c in cases]
     tqdm.write(f"base: accuracy {base_accuracy:.2%}, {base_time * 1e3:.3f} ms/image on {device.type}")
+    return StudyRun(data_settings, train, evals, study, cases, out, data, base_model, fingerprint, header, order, macs)
 
-    bar = tqdm(cases, desc="study", disable=not train.progress)
-    for case in bar:
-        bar.set_postfix_str(case.name)
-        ckpt = out / case.checkpoint
-        if not study.force and results.done(case.name):
-            tqdm.write(f"{case.name}: done already (in {results.path}); --force reruns it")
-            continue
-        if not study.force and ckpt.exists():
-            row = _recover(ckpt, fingerprint)
-            tqdm.write(f"{case.name}: checkpoint found without its results row; row recovered from its meta")
-        else:
-            row = run_case(case, base_model, data, train, evals, study, macs, header, ckpt, fingerprint)
-            tqdm.write(
-                f"{case.name}: accuracy {row['accuracy']:.2%} (drop vs base {row['accuracy_drop'] * 100:+.2f} pp), "
-                f"sparsity {row['achieved_sparsity']:.2%}, {row['wall_s']:.0f} s"
-            )
-        results.put(row, header, order)
-        plot(results.data, {c.name: c for c in cases}, out / "accuracy_vs_sparsity.png")
-    if not results.rows:
-        results.data.update(header)
-        results.write()
-    return results.rows
+
+def run_study(
+    data_settings: DataSettings,
+    train: TrainSettings,
+    evals: EvalSettings,
+    study: StudySettings,
+    command: str = "",
+    worker=None,
+) -> list[dict]:
+    """Run the selected cases that are not finished yet; return the results table's rows.
+
+    ``train`` configures fine-tuning (its ``epochs`` is replaced by each case's).
+    Cases are claimed through locks in the output folder (``prune.claims``), so
+    processes sharing it never run a case twice; ``worker`` (a
+    ``prune.claims.WorkerSettings``) says how long to wait for the others.
+    """
+    from prune.claims import WorkerSettings, run_claimed
+
+    return run_claimed(data_settings, train, evals, study, worker or WorkerSettings(), command)
 
 
 def _recover(ckpt: Path, fingerprint: dict) -> dict:
@@ -509,10 +585,14 @@ def run_case(
     header: dict,
     ckpt: Path,
     fingerprint: dict,
+    resume: Path | None = None,
 ) -> dict:
-    """Prune a copy of the base model as ``case`` says, evaluate it, save checkpoint, report; return its row."""
+    """Prune a copy of the base model as ``case`` says, evaluate it, save checkpoint, report; return its row.
+
+    With ``resume`` (a state file) the fine-tuning state is kept there after every epoch and a case
+    killed mid-way goes on from it.
+    """
     start = time.perf_counter()
-    device = resolve_device(train.device)
     set_seed(train.seed)
     model = copy.deepcopy(base_model)
     outcome = prune_and_finetune(
@@ -521,7 +601,11 @@ def run_case(
         PruneSettings(case.sparsity, case.rounds, case.strategy, study.include_downsample),
         dataclasses.replace(train, epochs=case.epochs),
         desc=case.name,
+        resume=resume,
     )
+    from prune import distributed
+
+    device = distributed.device(train.device, distributed.current())
     accuracy, loss = evaluate(model, data, device, evals.eval_batch_size)
     base_seconds, seconds = paired_time_per_image(base_model, model, device, evals)
     model.to("cpu")

@@ -155,10 +155,10 @@ def test_resume_after_an_interrupted_case_then_recover_then_force(base_checkpoin
     argv = TINY + ["--out", tmp_path, "--base", base_checkpoint, "--cases", "50perc_oneshot0", "50perc_oneshot0_random"]
     real = prune.study.prune_and_finetune
 
-    def killed_on_random(model, data, prune_settings, train, desc=""):
+    def killed_on_random(model, data, prune_settings, train, desc="", **kw):
         if prune_settings.strategy == "random":
             raise KeyboardInterrupt  # as if the run were killed in the middle of this case
-        return real(model, data, prune_settings, train, desc)
+        return real(model, data, prune_settings, train, desc, **kw)
 
     monkeypatch.setattr(prune.study, "prune_and_finetune", killed_on_random)
     code, err = run(argv, capsys)
