@@ -10,15 +10,20 @@ from torchvision.models.resnet import BasicBlock
 from bench import kernels as K
 from bench.backends import get_backend
 from bench.fold import fold_batchnorm
-from bench.kernels.engine import EngineSettings, compile_model
+from bench.kernels import build
+from bench.kernels.engine import EngineSettings, candidates, compile_model
 from prune.errors import PruneBenchError
+from tests.test_kernels import kernel_isas
 
 
-@pytest.fixture(scope="module", autouse=True)
-def built():
-    reason = K.unavailable()
-    if reason:
-        pytest.skip(reason)
+@pytest.fixture(scope="module", autouse=True, params=kernel_isas())
+def isa(request):
+    """Each test of the module runs with the kernels of this instruction set (see tests.test_kernels)."""
+    with build.using(request.param):
+        reason = K.unavailable()
+        if reason:
+            pytest.skip(reason)
+        yield request.param
 
 
 class TinyResNet(nn.Module):
@@ -123,15 +128,44 @@ def test_phase_planes_are_filled_only_for_variants_that_read_them(force):
 
 
 def test_one_picture_through_the_stack_kernel():
-    # a 32x32 picture: the stride-1 3x3 convs with nonzeros (32x32 and 16x16 outputs) take the stack kernel,
-    # with and without input chunks; the rest are timed as usual, and every intermediate still matches
+    # a 32x32 picture: the stride-1 3x3 convs with nonzeros (32x32 and 16x16 outputs) take a stack variant this
+    # CPU's build offers, tile-major or not, with input chunks or not; the rest are timed as usual, and every
+    # intermediate still matches
     model = tiny_model(seed=4)
-    stacked = {"conv1": "stack(R=4,V=1)", "layer1.conv2": "stack(R=5,V=1,tiles)",
-               "layer2.conv2": "stack(R=4,V=1)"}
-    engine = compile_model(model, torch.randn(1, 3, 32, 32), threads=2, settings=no_cache(), choices=stacked)
+    example = torch.randn(1, 3, 32, 32)
+    offered = candidates(model, example, threads=2)
+    stack = {name: [v for v in names if v.startswith("stack(")] for name, names in offered.items()}
+    assert {name for name, v in stack.items() if v} == {"conv1", "layer1.conv2", "layer2.conv2", "extra"}
+    # a different pick for each conv: tile-major and not alternate in the order offered
+    stacked = {name: v[i % len(v)] for i, (name, v) in enumerate((n, v) for n, v in stack.items() if v)}
+    assert any(v.endswith(",tiles)") for v in stacked.values()) and not all(v.endswith(",tiles)") for v in stacked.values())
+    engine = compile_model(model, example, threads=2, settings=no_cache(), choices=stacked)
     assert {k: v for k, v in engine.choices().items() if k in stacked} == stacked
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     assert_matches(engine, model, x)
+
+
+def test_a_forced_choice_this_cpu_does_not_offer_is_a_one_line_error():
+    model = tiny_model(seed=4)
+    example = torch.randn(1, 3, 32, 32)
+    offered = candidates(model, example, threads=1)
+    with pytest.raises(PruneBenchError, match=r"stack\(R=99,V=1\) is not offered for conv1 on this CPU's") as e:
+        compile_model(model, example, threads=1, settings=no_cache(), choices={"conv1": "stack(R=99,V=1)"})
+    assert ", ".join(offered["conv1"]) in str(e.value) and "\n" not in str(e.value)  # it lists what it offers
+    # a kind that does not apply: the cols kernel needs output planes of whole vectors (10 x 10 is not)
+    with pytest.raises(PruneBenchError, match="no cols variant applies to conv1 on this CPU's .* build; it offers"):
+        compile_model(model, torch.randn(1, 3, 10, 10), threads=1, settings=no_cache(force="cols"))
+    with pytest.raises(PruneBenchError, match="unknown kernel kind 'nonsense'"):
+        compile_model(model, example, threads=1, settings=no_cache(force="nonsense"))
+
+
+def test_the_engine_runs_the_build_it_was_compiled_with(isa):
+    engine = compile_model(tiny_model(seed=4), torch.randn(1, 3, 8, 8), threads=1, settings=no_cache())
+    assert engine.isa == build.widest(isa)
+    if "avx2" in build.cpu_isas():  # the instruction set as a setting, beside the environment variable
+        other = compile_model(tiny_model(seed=4), torch.randn(1, 3, 8, 8), threads=1,
+                              settings=no_cache(isa="avx2"))
+        assert other.isa == "avx2" and build.selected_isa() == isa  # the selection is left as it was
 
 
 def test_outputs_depend_on_the_input():
@@ -325,10 +359,10 @@ def test_in_pass_refinement_times_each_candidate_after_the_steps_before_it():
 
 @pytest.mark.parametrize("refine", [True, False])
 def test_one_picture_is_refined_in_the_pass_and_still_matches(refine, monkeypatch):
-    import bench.kernels.engine as E
+    import bench.kernels.choose as C
 
     if not refine:  # a pass too long to refine: every layer keeps the variant that won alone
-        monkeypatch.setattr(E, "REFINE_MAX_PASS_MS", 0.0)
+        monkeypatch.setattr(C, "REFINE_MAX_PASS_MS", 0.0)
     model = tiny_model(seed=5)
     engine = compile_model(model, torch.randn(1, 3, 16, 16), threads=2, settings=no_cache())
     refined = [r for r in engine.layers if r.in_pass_ms]

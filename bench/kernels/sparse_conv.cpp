@@ -1,4 +1,4 @@
-// Sparse direct convolution on a flat, zero-bordered activation layout (see bench/kernels/__init__.py).
+// Sparse direct convolution on a flat, zero-bordered activation layout (see bench/kernels/layout.py).
 //
 // out[co, t] = epilogue(bias[co] + sum_k val[k] * in[src[k] + t]) for t in [t0, t1):
 // each nonzero weight of output channel co is one (input plane, tap) offset `src` into the
@@ -862,6 +862,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("conv_stack", &conv_stack, release(), "sparse convolution of one picture, a kernel column's taps sharing loads");
     m.def("conv_channels", &conv_channels, release(), "convolution with 16 output channels per vector (small images)");
     m.attr("vector_registers") = kVRegs;
+#if defined(__AVX512F__)
+    m.attr("isa") = "avx512";
+#elif defined(__AVX2__)
+    m.attr("isa") = "avx2";
+#else
+    m.attr("isa") = "generic";
+#endif
     m.def("rest", [] { pool().rest(); }, "idle pool threads sleep at once until the next call (no spinning)");
     m.def("phases", &phases, release(), "split planes into stride x stride phase planes (space-to-depth)");
     m.def("plane_mean", &plane_mean, release(), "global average pool from the layout into an (n, C) buffer");
