@@ -405,3 +405,45 @@ def test_a_timed_pass_refuses_an_engine_whose_steps_do_not_match_its_layers():
     engine.layers.append(engine.layers[-1])
     with pytest.raises(PruneBenchError, match="do not match its layers"):
         time_pass(engine, torch.randn(1, 3, 8, 8), runs=1)
+
+
+def test_a_near_tie_goes_to_onnx_runtime():
+    from bench.backends import sparse_direct as sd
+
+    assert sd.pick(9.0, 10.0) == sd.KERNELS_RAN  # 10% faster
+    assert sd.pick(9.8, 10.0) == sd.ORT_RAN  # 2% faster: within the margin
+    assert sd.pick(11.0, 10.0) == sd.ORT_RAN
+    assert sd.pick(9.8, 10.0, margin=1.0) == sd.KERNELS_RAN
+
+
+@pytest.mark.parametrize("margin, ran", [(1e-9, "sparse-direct-kernels"), (1e9, "onnxruntime")])
+def test_sparse_direct_runs_the_whole_model_in_what_timed_faster_and_caches_it(monkeypatch, tmp_path, margin, ran):
+    # the margin decides the outcome here, so that both ways are run: our kernels whole, or ONNX Runtime whole
+    from bench.backends import sparse_direct as sd
+
+    backend = get_backend("sparse-direct")
+    reason = backend.unavailable("cpu")
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.setenv("PRUNEBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(sd, "BLOCKS", 2)
+    monkeypatch.setattr(sd, "BLOCK_S", 0.01)
+    monkeypatch.setattr(sd, "PAUSE_S", 0.0)
+    monkeypatch.setattr(sd, "MARGIN", margin)
+    model = tiny_model(seed=4)
+    example = torch.randn(2, 3, 12, 12)
+    timed = []
+    monkeypatch.setattr(sd, "decide", lambda *a, real=sd.decide: timed.append(1) or real(*a))
+    for attempt in range(2):
+        prepared = backend.prepare(model, example, "cpu", 1)
+        info = prepared.info
+        assert info["ran"] == ran and info["ran_cached"] == (attempt == 1)
+        assert set(info["ran_medians_ms"]) == {"sparse-direct-kernels", "onnxruntime"}
+        assert all(ms > 0 for ms in info["ran_medians_ms"].values())
+        assert ("layer_choices" in info) == (ran == "sparse-direct-kernels")
+        with torch.no_grad():  # ONNX Runtime takes numpy inputs, our kernels tensors: the same example
+            torch.testing.assert_close(prepared.to_torch(prepared.run(prepared.inputs)), model(example),
+                                       atol=backend.atol, rtol=backend.rtol)
+    assert timed == [1]  # the second prepare took the decision from the cache
+    other = backend.prepare(model, torch.randn(3, 3, 12, 12), "cpu", 1)
+    assert not other.info["ran_cached"]  # keyed by the batch too
