@@ -52,7 +52,7 @@ class Variant:
     tiles: bool = False  # position tiles outermost: each tile runs every output channel while its inputs stay in L1
 
     def __str__(self) -> str:
-        if self.kind in ("torch", "channels"):
+        if self.kind in KINDS and not KINDS[self.kind].tiled:
             return self.kind
         extra = (f",block={self.block}" if self.block else "") + (f",chunk={self.chunk}" if self.chunk else "")
         extra += ",tiles" if self.tiles else ""
@@ -137,6 +137,7 @@ class Kind:
     skips_zeros = True  # its cost falls with the zero weights (a "sparse" variant in reports)
     reads_phases = True  # a strided conv of this kind reads the phase planes (else the input itself)
     compiled: tuple[tuple[int, int], ...] = ()  # (R, V) tiles compiled into its C++ entry
+    tiled = True  # its variants differ by tile (else one variant, named by the kind alone)
 
     def fits(self, R: int, V: int, regs: int) -> bool:
         """Whether a tile of R x V keeps its live values in ``regs`` vector registers (else it spills)."""
@@ -391,6 +392,7 @@ class Dense(PerWeight):
 
 class Channels(Kind):
     name = "channels"
+    tiled = False
     skips_zeros = False
 
     def applies(self, geom):  # lanes over 16 output channels waste none on the borders of small images
@@ -424,6 +426,7 @@ class Channels(Kind):
 
 class Torch(Kind):
     name = "torch"
+    tiled = False
     skips_zeros = False
     reads_phases = False
 

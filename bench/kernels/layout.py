@@ -104,8 +104,8 @@ def global_avg_pool(buf: torch.Tensor, act: Act, out: torch.Tensor, threads: int
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
     """``out = x @ weight.T + bias`` on the calling thread, for the small classifier after the pool.
 
-    torch's linear costs 25-40 us here inside a pass (its thread pool against ours) for a
-    microsecond of work; all operands are contiguous fp32 (``x``: (n, C), ``weight``: (K, C)).
+    Inside a pass torch's linear pays for its thread pool against ours, for a microsecond of work; all
+    operands are contiguous fp32 (``x``: (n, C), ``weight``: (K, C)).
     """
     n, c = x.shape
     k = weight.shape[0]
