@@ -246,7 +246,8 @@ def choose(engine: Any, sites: list[ConvSite], example: torch.Tensor, settings: 
     refine: list[_Refine] = []
     for site in sites:
         variants, known = plan[site.name]
-        twin = weights_of.steps[weights_of.conv_steps[site.name]] if weights_of is not None else None
+        at = weights_of.conv_steps.get(site.name) if weights_of is not None else None
+        twin = weights_of.steps[at] if at is not None else None  # the same conv in ``weights_of``
         packs: dict[tuple, Any] = {}  # variants differing only in tiling share their packed weights
 
         def make(v: Variant) -> ConvOp:

@@ -35,7 +35,7 @@ from bench.kernels.choose import (  # noqa: F401  (names other modules import fr
 )
 from bench.kernels.kinds import DENSE_KINDS, SPARSE_KINDS, ConvOp  # noqa: F401
 from bench.kernels.layout import from_act
-from bench.kernels.lower import ConvSite, PhaseStep, lower
+from bench.kernels.lower import PhaseStep, lower
 from prune.errors import PruneBenchError
 
 _PhaseStep = PhaseStep  # the name tests and probes use
