@@ -230,14 +230,17 @@ def test_batch_runs_in_chunks():
         engine.run(x[:24])
 
 
-def test_choices_are_cached_on_disk(tmp_path):
+def test_choices_are_cached_on_disk(tmp_path, capsys):
     model = tiny_model(seed=2)
     example = torch.randn(1, 3, 12, 12)
     settings = EngineSettings(timing_runs=1, cache_dir=str(tmp_path))
     first = compile_model(model, example, threads=1, settings=settings)
     assert first.cache_hits == 0 and (tmp_path / "sparse_direct_choices.json").exists()
+    shown = capsys.readouterr().err  # a progress bar names the layer being timed and how many there are
+    assert "sparse-direct: choosing conv1 [1/7]" in shown and "choosing extra [7/7]" in shown
     second = compile_model(model, example, threads=1, settings=settings)
     assert second.cache_hits == len(second.layers) == 7
+    assert "choosing" not in capsys.readouterr().err  # quiet when every choice comes from the cache
     assert second.choices() == first.choices()
     other_batch = compile_model(model, torch.randn(2, 3, 12, 12), threads=1, settings=settings)
     assert other_batch.cache_hits == 0  # keyed by batch size too
@@ -447,3 +450,21 @@ def test_sparse_direct_runs_the_whole_model_in_what_timed_faster_and_caches_it(m
     assert timed == [1]  # the second prepare took the decision from the cache
     other = backend.prepare(model, torch.randn(3, 3, 12, 12), "cpu", 1)
     assert not other.info["ran_cached"]  # keyed by the batch too
+
+
+def test_cache_keys_follow_the_sources_the_build_and_the_versions(monkeypatch):
+    import bench.kernels.choose as C
+
+    base = C.cache_key("conv", 1)
+    assert C.cache_key("conv", 1) == base and C.cache_key("conv", 2) != base
+    with monkeypatch.context() as m:
+        m.setattr(C, "sources_digest", lambda: "edited")  # any kernel source or choosing code edited
+        assert C.cache_key("conv", 1) != base
+    with monkeypatch.context() as m:
+        m.setattr(torch, "__version__", "0.0")
+        assert C.cache_key("conv", 1) != base
+    other = "avx2" if build.selected_isa() != "avx2" else "native"
+    if other in build.cpu_isas():
+        with build.using(other):
+            assert C.cache_key("conv", 1) != base
+    assert C.cache_key("conv", 1) == base
