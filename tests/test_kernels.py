@@ -500,6 +500,7 @@ def test_each_instruction_set_is_a_build_of_its_own(monkeypatch):
 def test_an_instruction_set_this_cpu_lacks_is_a_one_line_error(monkeypatch, value, message):
     monkeypatch.setattr(build, "cpu_flags", lambda: frozenset({"sse2", "avx", "avx2", "fma"}))  # an AVX2-only CPU
     monkeypatch.setattr(build, "_override", None)
+    monkeypatch.setattr(build, "_loaded", {})  # nothing loaded yet: the selection is checked
     monkeypatch.setenv(build.ISA_ENV, value)
     for call in (build.selected_isa, K.kernel_module, K.unavailable):
         with pytest.raises(K.PruneBenchError, match=message) as e:

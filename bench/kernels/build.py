@@ -130,12 +130,20 @@ def _load(isa: str):
         )
 
 
+_loaded: dict[str, object] = {}  # what was asked for (an ISA, or the environment's raw value) -> its module
+
+
 def kernel_module(isa: str | None = None):
     """The compiled kernels of ``isa`` (default: ``selected_isa()``), or a one-line PruneBenchError saying why
     they cannot be built here."""
+    asked = isa or _override or os.environ.get(ISA_ENV, "")
+    module = _loaded.get(asked)
+    if module is not None:  # the layout's copies call this in every pass: no checks once loaded
+        return module
     isa = check_isa(isa) if isa else selected_isa()
     try:
-        return _load(isa)
+        module = _loaded[asked] = _load(isa)
+        return module
     except Exception as e:  # compiler missing, ninja missing, build error: all mean "cannot build here"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise PruneBenchError(
