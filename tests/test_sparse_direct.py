@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import fx, nn
@@ -263,10 +265,16 @@ def test_backend_prepare_reports_choices_and_bytes(monkeypatch, tmp_path):
     assert 0 < info["weight_bytes"] and info["dense_weight_bytes"] > 0
 
 
-def test_pruned_resnet18_at_95_percent_matches_in_every_layer():
+@functools.lru_cache(maxsize=1)
+def resnet18_at_95_percent() -> nn.Module:
+    """The suite's synthetic ResNet-18 pruned to 95%, made once for every instruction set tested (seconds)."""
     from bench.models import synthetic_resnet18
 
-    model = synthetic_resnet18(0.95)
+    return synthetic_resnet18(0.95)
+
+
+def test_pruned_resnet18_at_95_percent_matches_in_every_layer():
+    model = resnet18_at_95_percent()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(11))
     engine = compile_model(model, x, threads=2, settings=no_cache(force="sparse"))
     with torch.no_grad():
