@@ -6,7 +6,6 @@ Markdown table and, with ``-o``, written with a PNG plot.
 
     python -m bench.layers model.pt --batch-size 1 -o results/
     python -m bench.layers synthetic:0.9 --batch-size 64 --threads 2
-    python -m bench.layers synthetic:0.5 --batch-size 1 --plans     # and which prefix runs in ONNX Runtime
     python -m bench.layers synthetic:0.95 --batch-size 64 --pass-runs 20  # and where a whole pass goes
 
 ``model`` is a checkpoint (anything ``bench.models`` loads) or ``synthetic:S``, the
@@ -29,9 +28,6 @@ from exporters import run_cli
 from prune.cli import add_settings, settings_from
 from prune.errors import PruneBenchError
 
-OWN_PLAN = "sparse-direct-kernels"  # bench.backends.sparse_direct.OWN, without importing the backend here
-
-
 @dataclasses.dataclass
 class ProfileSettings:
     """How the profile is measured."""
@@ -39,10 +35,6 @@ class ProfileSettings:
     batch_size: int = dataclasses.field(default=1, metadata={"help": "images per call"})
     threads: int = dataclasses.field(default=0, metadata={"help": "CPU threads; 0: the physical cores"})
     timing_runs: int = dataclasses.field(default=5, metadata={"help": "timed calls per variant (the fastest counts)"})
-    plans: bool = dataclasses.field(
-        default=False,
-        metadata={"help": "also time the backend's whole-model plans (which prefix runs in ONNX Runtime) and mark them"},
-    )
     pass_runs: int = dataclasses.field(
         default=0,
         metadata={"help": "also time this many passes with every step timed, and the whole batch: where a pass goes "
@@ -59,7 +51,6 @@ class Profile:
     threads: int  # threads each layer ran on (several engines, one thread each, for big batches)
     chunk: int  # images per pass (the engine splits larger batches)
     layers: list  # bench.kernels.engine.LayerRecord
-    plan: dict | None = None  # the sparse-direct backend's plan choice (bench.backends.sparse_direct.plan_hybrid)
     passes: object | None = None  # bench.kernels.engine.PassTimes, with --pass-runs
 
     @property
@@ -104,12 +95,7 @@ def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progr
     # a ParallelEngine runs one single-threaded engine per thread: its layers were timed on one thread
     per_layer_threads = 1 if hasattr(engine, "engines") else threads
     passes = time_pass(engine, example, settings.pass_runs) if settings.pass_runs else None
-    plan = None
-    if settings.plans:
-        from bench.backends.sparse_direct import plan_hybrid
-
-        _, plan = plan_hybrid(model, example, threads, use_cache=False)  # a profile times afresh
-    return Profile(label, settings.batch_size, per_layer_threads, engine.chunk, engine.layers, plan, passes)
+    return Profile(label, settings.batch_size, per_layer_threads, engine.chunk, engine.layers, passes)
 
 
 def format_table(p: Profile) -> str:
@@ -122,13 +108,11 @@ def format_table(p: Profile) -> str:
         "| layer | in -> out (C x H x W) | kernel | MACs/image | sparsity | dense ms | sparse ms | chosen | speedup |",
         "|---|---|---|---:|---:|---:|---:|---|---:|",
     ]
-    in_ort = set(p.plan["onnxruntime_layers"]) if p.plan else set()
     for r in p.layers:
         _, ci, hi, wi = r.in_shape
         _, co, ho, wo = r.out_shape
         chosen = r.times_ms[r.choice]
         label = r.choice + (" (in the pass)" if r.moved_in_pass else "")
-        label += "; runs in ONNX Runtime" if r.name in in_ort else ""
         lines.append(
             f"| {r.name} | {ci}x{hi}x{wi} -> {co}x{ho}x{wo} | {r.kernel[0]}x{r.kernel[1]}/{r.stride} | {r.macs:,} | "
             f"{r.sparsity:.1%} | {r.dense_ms:.3f} | {r.sparse_ms:.3f} | {label} | {r.dense_ms / chosen:.2f}x |"
@@ -158,18 +142,6 @@ def format_table(p: Profile) -> str:
             f"were timed again inside the pass, each call after the layers before it ({len(refined)} layers; "
             f"{moved} took another variant, marked \"in the pass\"; their times above are still those alone)."
         )
-    if p.plan:
-        times = ", ".join(f"{name} {ms:.3f}" for name, ms in p.plan["plan_times_ms"].items())
-        lines += [
-            "",
-            f"Whole-model plans of the sparse-direct backend, ms per call of {p.batch_size} image(s), fastest first "
-            f"(`{OWN_PLAN}`: every layer in our kernels; `onnxruntime->X`: ONNX Runtime up to X, our kernels after it): "
-            f"{times}. Chosen: **{p.plan['plan']}**.",
-        ]
-        confirm = p.plan.get("plan_confirm_ms")
-        if confirm:
-            again = ", ".join(f"{name} {ms:.3f}" for name, ms in confirm.items())
-            lines.append(f"Timed again against ONNX Runtime, in alternating blocks of back-to-back calls: {again}.")
     if p.passes:
         lines += format_passes(p)
     return "\n".join(lines)

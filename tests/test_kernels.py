@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import kernels as K
+from bench.kernels import build
 from bench.kernels import (
     KERNELS,
     ROWS_V,
@@ -23,11 +24,22 @@ from bench.kernels import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def built():
-    reason = K.unavailable()
-    if reason:
-        pytest.skip(reason)
+def kernel_isas() -> list[str]:
+    """The selected build (``PRUNEBENCH_ISA``), and the AVX2 one too where the selected one is wider: on an
+    AVX-512 CPU every kernel test runs against both."""
+    selected = build.selected_isa()
+    wider = build.widest(selected) == "avx512" and "avx2" in build.cpu_isas()
+    return [selected, "avx2"] if wider else [selected]
+
+
+@pytest.fixture(scope="module", autouse=True, params=kernel_isas())
+def isa(request):
+    """Each test of the module runs with the kernels of this instruction set (built once, cached on disk)."""
+    with build.using(request.param):
+        reason = K.unavailable()
+        if reason:
+            pytest.skip(reason)
+        yield request.param
 
 
 VARIANTS = [Variant("sparse" if r == 1 else "grouped", r, v) for r, v in KERNELS] + [
@@ -345,9 +357,8 @@ def test_matches_conv2d_on_random_shapes(n, cin, cout, h, w, k, stride, padding,
 def test_candidates_are_all_compiled(n, c, hw, density):
     geom = ConvGeometry.make(Act(c, hw, hw, n, 1), c, (3, 3), 1, 1, 1)
     variants = K.candidate_variants(geom, density, threads=2, everything=True)
-    compiled = {"cols": lambda v: v.V in K.COLS_V, "stack": lambda v: (v.R, v.V) in K.STACK_TILES,
-                "torch": lambda v: True, "channels": lambda v: True}
-    assert variants and all(compiled.get(v.kind, lambda v: (v.R, v.V) in KERNELS)(v) for v in variants)
+    assert variants and all(not K.KINDS[v.kind].compiled or (v.R, v.V) in K.KINDS[v.kind].compiled for v in variants)
+    assert {t for k in ("sparse", "grouped", "dense") for t in K.KINDS[k].compiled} == set(KERNELS)
     assert any(v.kind in ("dense", "torch") for v in variants)
 
 
@@ -452,11 +463,47 @@ def test_register_budget_of_the_tiles():
 @pytest.mark.parametrize("regs", [8, 32])
 @pytest.mark.parametrize("n, hw", [(1, 32), (1, 4), (16, 32), (16, 8)])
 @pytest.mark.parametrize("density", [0.05, 0.5, 1.0])
-def test_only_tiles_that_fit_are_offered(monkeypatch, regs, n, hw, density):
-    monkeypatch.setattr(K, "vector_registers", lambda: regs)
+def test_only_tiles_that_fit_are_offered(regs, n, hw, density):
     geom = ConvGeometry.make(Act(64, hw, hw, n, 1), 64, (3, 3), 1, 1, 1)
-    variants = K.candidate_variants(geom, density, threads=2, everything=True)
+    variants = K.candidate_variants(geom, density, threads=2, everything=True, regs=regs)
     assert any(v.kind in ("dense", "torch") for v in variants)
     for v in variants:
         if v.kind in ("sparse", "grouped", "dense", "rows", "stack"):
             assert v.V == 1 or K.fits_registers(v.kind, v.R, v.V, regs), str(v)
+
+
+def test_the_tiles_offered_follow_the_build():
+    # the registers come from the module built, not from the CPU: an AVX2 build on an AVX-512 CPU has 8
+    assert K.vector_registers() == {"avx512": 32, "avx2": 8}.get(build.built_isa(), 8)
+    assert build.built_isa() == build.widest(build.selected_isa())
+    geom = ConvGeometry.make(Act(64, 32, 32, 1, 1), 64, (3, 3), 1, 1, 1)
+    assert K.candidate_variants(geom, 0.5, threads=2) == K.candidate_variants(geom, 0.5, threads=2,
+                                                                           regs=K.vector_registers())
+
+
+def test_each_instruction_set_is_a_build_of_its_own(monkeypatch):
+    assert build.flags("native") != build.flags("avx2") != build.flags("avx512")
+    assert "-march=native" in build.flags("native") and "-mavx512f" not in build.flags("avx2")
+    assert len({build.build_name(i) for i in build.ISAS}) == 3  # the cache names differ
+    assert {"native"} <= set(build.cpu_isas()) <= set(build.ISAS)
+    monkeypatch.setattr(build, "_override", None)  # outside the fixture's build: the environment decides
+    monkeypatch.setenv(build.ISA_ENV, "avx2")
+    if "avx2" in build.cpu_isas():
+        with build.using(None):
+            assert build.selected_isa() == "avx2"
+        with build.using("native"):  # inside ``using`` the block's choice wins over the environment
+            assert build.selected_isa() == "native"
+
+
+@pytest.mark.parametrize("value, message", [("sse9", "unknown instruction set; give one of native, avx2, avx512"),
+                                            ("avx512", "this CPU cannot run avx512 code; it can run native, avx2")])
+def test_an_instruction_set_this_cpu_lacks_is_a_one_line_error(monkeypatch, value, message):
+    monkeypatch.setattr(build, "cpu_flags", lambda: frozenset({"sse2", "avx", "avx2", "fma"}))  # an AVX2-only CPU
+    monkeypatch.setattr(build, "_override", None)
+    monkeypatch.setattr(build, "_loaded", {})  # nothing loaded yet: the selection is checked
+    monkeypatch.setenv(build.ISA_ENV, value)
+    for call in (build.selected_isa, K.kernel_module, K.unavailable):
+        with pytest.raises(K.PruneBenchError, match=message) as e:
+            call()
+        assert "\n" not in str(e.value) and str(e.value).startswith(f"PRUNEBENCH_ISA={value}: ")
+    assert build.widest("native") == "avx2"

@@ -56,20 +56,6 @@ def test_table_marks_the_layers_chosen_inside_the_pass():
     assert "(2 layers; 1 took another variant" in table
 
 
-def test_table_marks_the_layers_of_the_onnx_prefix():
-    plan = {"plan": "onnxruntime->x", "plan_times_ms": {"onnxruntime->x": 1.5, "onnxruntime": 2.0},
-            "plan_confirm_ms": {"onnxruntime->x": 1.6, "onnxruntime": 2.1}, "onnxruntime_layers": ["a"]}
-    p = layers.Profile("m", 1, 2, 1, [
-        _record("a", 100, 0.5, 2.0, 3.0, "dense(R=8,V=3)"),
-        _record("b", 300, 0.9, 4.0, 1.0, "sparse(R=1,V=4)"),
-    ], plan)
-    table = layers.format_table(p)
-    assert "| dense(R=8,V=3); runs in ONNX Runtime | 1.00x |" in table
-    assert "| sparse(R=1,V=4) | 4.00x |" in table  # after the cut: our kernel
-    assert "onnxruntime->x 1.500, onnxruntime 2.000. Chosen: **onnxruntime->x**" in table
-    assert "back-to-back calls: onnxruntime->x 1.600, onnxruntime 2.100." in table
-
-
 def test_cli_writes_table_and_plot_and_refuses_to_overwrite(tmp_path, capsys):
     reason = K.unavailable()
     if reason:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import fx, nn
@@ -10,15 +12,20 @@ from torchvision.models.resnet import BasicBlock
 from bench import kernels as K
 from bench.backends import get_backend
 from bench.fold import fold_batchnorm
-from bench.kernels.engine import EngineSettings, compile_model
+from bench.kernels import build
+from bench.kernels.engine import EngineSettings, candidates, compile_model
 from prune.errors import PruneBenchError
+from tests.test_kernels import kernel_isas
 
 
-@pytest.fixture(scope="module", autouse=True)
-def built():
-    reason = K.unavailable()
-    if reason:
-        pytest.skip(reason)
+@pytest.fixture(scope="module", autouse=True, params=kernel_isas())
+def isa(request):
+    """Each test of the module runs with the kernels of this instruction set (see tests.test_kernels)."""
+    with build.using(request.param):
+        reason = K.unavailable()
+        if reason:
+            pytest.skip(reason)
+        yield request.param
 
 
 class TinyResNet(nn.Module):
@@ -123,15 +130,44 @@ def test_phase_planes_are_filled_only_for_variants_that_read_them(force):
 
 
 def test_one_picture_through_the_stack_kernel():
-    # a 32x32 picture: the stride-1 3x3 convs with nonzeros (32x32 and 16x16 outputs) take the stack kernel,
-    # with and without input chunks; the rest are timed as usual, and every intermediate still matches
+    # a 32x32 picture: the stride-1 3x3 convs with nonzeros (32x32 and 16x16 outputs) take a stack variant this
+    # CPU's build offers, tile-major or not, with input chunks or not; the rest are timed as usual, and every
+    # intermediate still matches
     model = tiny_model(seed=4)
-    stacked = {"conv1": "stack(R=4,V=1)", "layer1.conv2": "stack(R=5,V=1,tiles)",
-               "layer2.conv2": "stack(R=4,V=1)"}
-    engine = compile_model(model, torch.randn(1, 3, 32, 32), threads=2, settings=no_cache(), choices=stacked)
+    example = torch.randn(1, 3, 32, 32)
+    offered = candidates(model, example, threads=2)
+    stack = {name: [v for v in names if v.startswith("stack(")] for name, names in offered.items()}
+    assert {name for name, v in stack.items() if v} == {"conv1", "layer1.conv2", "layer2.conv2", "extra"}
+    # a different pick for each conv: tile-major and not alternate in the order offered
+    stacked = {name: v[i % len(v)] for i, (name, v) in enumerate((n, v) for n, v in stack.items() if v)}
+    assert any(v.endswith(",tiles)") for v in stacked.values()) and not all(v.endswith(",tiles)") for v in stacked.values())
+    engine = compile_model(model, example, threads=2, settings=no_cache(), choices=stacked)
     assert {k: v for k, v in engine.choices().items() if k in stacked} == stacked
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     assert_matches(engine, model, x)
+
+
+def test_a_forced_choice_this_cpu_does_not_offer_is_a_one_line_error():
+    model = tiny_model(seed=4)
+    example = torch.randn(1, 3, 32, 32)
+    offered = candidates(model, example, threads=1)
+    with pytest.raises(PruneBenchError, match=r"stack\(R=99,V=1\) is not offered for conv1 on this CPU's") as e:
+        compile_model(model, example, threads=1, settings=no_cache(), choices={"conv1": "stack(R=99,V=1)"})
+    assert ", ".join(offered["conv1"]) in str(e.value) and "\n" not in str(e.value)  # it lists what it offers
+    # a kind that does not apply: the cols kernel needs output planes of whole vectors (10 x 10 is not)
+    with pytest.raises(PruneBenchError, match="no cols variant applies to conv1 on this CPU's .* build; it offers"):
+        compile_model(model, torch.randn(1, 3, 10, 10), threads=1, settings=no_cache(force="cols"))
+    with pytest.raises(PruneBenchError, match="unknown kernel kind 'nonsense'"):
+        compile_model(model, example, threads=1, settings=no_cache(force="nonsense"))
+
+
+def test_the_engine_runs_the_build_it_was_compiled_with(isa):
+    engine = compile_model(tiny_model(seed=4), torch.randn(1, 3, 8, 8), threads=1, settings=no_cache())
+    assert engine.isa == build.widest(isa)
+    if "avx2" in build.cpu_isas():  # the instruction set as a setting, beside the environment variable
+        other = compile_model(tiny_model(seed=4), torch.randn(1, 3, 8, 8), threads=1,
+                              settings=no_cache(isa="avx2"))
+        assert other.isa == "avx2" and build.selected_isa() == isa  # the selection is left as it was
 
 
 def test_outputs_depend_on_the_input():
@@ -196,14 +232,17 @@ def test_batch_runs_in_chunks():
         engine.run(x[:24])
 
 
-def test_choices_are_cached_on_disk(tmp_path):
+def test_choices_are_cached_on_disk(tmp_path, capsys):
     model = tiny_model(seed=2)
     example = torch.randn(1, 3, 12, 12)
     settings = EngineSettings(timing_runs=1, cache_dir=str(tmp_path))
     first = compile_model(model, example, threads=1, settings=settings)
     assert first.cache_hits == 0 and (tmp_path / "sparse_direct_choices.json").exists()
+    shown = capsys.readouterr().err  # a progress bar names the layer being timed and how many there are
+    assert "sparse-direct: choosing conv1 [1/7]" in shown and "choosing extra [7/7]" in shown
     second = compile_model(model, example, threads=1, settings=settings)
     assert second.cache_hits == len(second.layers) == 7
+    assert "choosing" not in capsys.readouterr().err  # quiet when every choice comes from the cache
     assert second.choices() == first.choices()
     other_batch = compile_model(model, torch.randn(2, 3, 12, 12), threads=1, settings=settings)
     assert other_batch.cache_hits == 0  # keyed by batch size too
@@ -226,10 +265,16 @@ def test_backend_prepare_reports_choices_and_bytes(monkeypatch, tmp_path):
     assert 0 < info["weight_bytes"] and info["dense_weight_bytes"] > 0
 
 
-def test_pruned_resnet18_at_95_percent_matches_in_every_layer():
+@functools.lru_cache(maxsize=1)
+def resnet18_at_95_percent() -> nn.Module:
+    """The suite's synthetic ResNet-18 pruned to 95%, made once for every instruction set tested (seconds)."""
     from bench.models import synthetic_resnet18
 
-    model = synthetic_resnet18(0.95)
+    return synthetic_resnet18(0.95)
+
+
+def test_pruned_resnet18_at_95_percent_matches_in_every_layer():
+    model = resnet18_at_95_percent()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(11))
     engine = compile_model(model, x, threads=2, settings=no_cache(force="sparse"))
     with torch.no_grad():
@@ -325,10 +370,10 @@ def test_in_pass_refinement_times_each_candidate_after_the_steps_before_it():
 
 @pytest.mark.parametrize("refine", [True, False])
 def test_one_picture_is_refined_in_the_pass_and_still_matches(refine, monkeypatch):
-    import bench.kernels.engine as E
+    import bench.kernels.choose as C
 
     if not refine:  # a pass too long to refine: every layer keeps the variant that won alone
-        monkeypatch.setattr(E, "REFINE_MAX_PASS_MS", 0.0)
+        monkeypatch.setattr(C, "REFINE_MAX_PASS_MS", 0.0)
     model = tiny_model(seed=5)
     engine = compile_model(model, torch.randn(1, 3, 16, 16), threads=2, settings=no_cache())
     refined = [r for r in engine.layers if r.in_pass_ms]
@@ -371,3 +416,63 @@ def test_a_timed_pass_refuses_an_engine_whose_steps_do_not_match_its_layers():
     engine.layers.append(engine.layers[-1])
     with pytest.raises(PruneBenchError, match="do not match its layers"):
         time_pass(engine, torch.randn(1, 3, 8, 8), runs=1)
+
+
+def test_a_near_tie_goes_to_onnx_runtime():
+    from bench.backends import sparse_direct as sd
+
+    assert sd.pick(9.0, 10.0) == sd.KERNELS_RAN  # 10% faster
+    assert sd.pick(9.8, 10.0) == sd.ORT_RAN  # 2% faster: within the margin
+    assert sd.pick(11.0, 10.0) == sd.ORT_RAN
+    assert sd.pick(9.8, 10.0, margin=1.0) == sd.KERNELS_RAN
+
+
+@pytest.mark.parametrize("margin, ran", [(1e-9, "sparse-direct-kernels"), (1e9, "onnxruntime")])
+def test_sparse_direct_runs_the_whole_model_in_what_timed_faster_and_caches_it(monkeypatch, tmp_path, margin, ran):
+    # the margin decides the outcome here, so that both ways are run: our kernels whole, or ONNX Runtime whole
+    from bench.backends import sparse_direct as sd
+
+    backend = get_backend("sparse-direct")
+    reason = backend.unavailable("cpu")
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.setenv("PRUNEBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(sd, "BLOCKS", 2)
+    monkeypatch.setattr(sd, "BLOCK_S", 0.01)
+    monkeypatch.setattr(sd, "PAUSE_S", 0.0)
+    monkeypatch.setattr(sd, "MARGIN", margin)
+    model = tiny_model(seed=4)
+    example = torch.randn(2, 3, 12, 12)
+    timed = []
+    monkeypatch.setattr(sd, "decide", lambda *a, real=sd.decide: timed.append(1) or real(*a))
+    for attempt in range(2):
+        prepared = backend.prepare(model, example, "cpu", 1)
+        info = prepared.info
+        assert info["ran"] == ran and info["ran_cached"] == (attempt == 1)
+        assert set(info["ran_medians_ms"]) == {"sparse-direct-kernels", "onnxruntime"}
+        assert all(ms > 0 for ms in info["ran_medians_ms"].values())
+        assert ("layer_choices" in info) == (ran == "sparse-direct-kernels")
+        with torch.no_grad():  # ONNX Runtime takes numpy inputs, our kernels tensors: the same example
+            torch.testing.assert_close(prepared.to_torch(prepared.run(prepared.inputs)), model(example),
+                                       atol=backend.atol, rtol=backend.rtol)
+    assert timed == [1]  # the second prepare took the decision from the cache
+    other = backend.prepare(model, torch.randn(3, 3, 12, 12), "cpu", 1)
+    assert not other.info["ran_cached"]  # keyed by the batch too
+
+
+def test_cache_keys_follow_the_sources_the_build_and_the_versions(monkeypatch):
+    import bench.kernels.choose as C
+
+    base = C.cache_key("conv", 1)
+    assert C.cache_key("conv", 1) == base and C.cache_key("conv", 2) != base
+    with monkeypatch.context() as m:
+        m.setattr(C, "sources_digest", lambda: "edited")  # any kernel source or choosing code edited
+        assert C.cache_key("conv", 1) != base
+    with monkeypatch.context() as m:
+        m.setattr(torch, "__version__", "0.0")
+        assert C.cache_key("conv", 1) != base
+    other = "avx2" if build.selected_isa() != "avx2" else "native"
+    if other in build.cpu_isas():
+        with build.using(other):
+            assert C.cache_key("conv", 1) != base
+    assert C.cache_key("conv", 1) == base

@@ -129,7 +129,7 @@ def _prepare(model: nn.Module, example: torch.Tensor, device: str, threads: int)
 
 def cpu_prepared(session, example: torch.Tensor, info: dict) -> Prepared:
     """A CPU session as the bench times it: a numpy batch in, the first output out. The sparse-direct backend
-    returns the same when its plan is ONNX Runtime whole, so that the two are the same call."""
+    returns the same where ONNX Runtime runs the model, so that the two are the same call."""
     input_name = session.get_inputs()[0].name
     output_name = session.get_outputs()[0].name
     x = np.ascontiguousarray(example.detach().cpu().float().numpy())

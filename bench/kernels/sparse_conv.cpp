@@ -1,4 +1,4 @@
-// Sparse direct convolution on a flat, zero-bordered activation layout (see bench/kernels/__init__.py).
+// Sparse direct convolution on a flat, zero-bordered activation layout (see bench/kernels/layout.py).
 //
 // out[co, t] = epilogue(bias[co] + sum_k val[k] * in[src[k] + t]) for t in [t0, t1):
 // each nonzero weight of output channel co is one (input plane, tap) offset `src` into the
@@ -143,8 +143,7 @@ static Pool& pool() {
 
 // How many vf values fit in registers: 32 zmm with AVX-512; without it, each vf is two halves in the 16 ymm
 // (or xmm) registers, so 8. Tiles that keep more accumulators live than this spill to the stack at every
-// step: on an AVX2 machine the AVX-512-sized tiles ran 3-10x slower than torch's conv. Python reads this
-// (vector_registers) to offer only tiles that fit.
+// step. Python reads this (vector_registers) to offer only tiles that fit.
 #if defined(__AVX512F__)
 constexpr int kVRegs = 32;
 #else
@@ -153,8 +152,7 @@ constexpr int kVRegs = 8;
 
 // vf: 16 floats, the layout's vector. With AVX-512 one zmm register. Without it, two halves of 8: GCC keeps
 // a 64-byte vector type in memory when the target has no 64-byte registers (every multiply-add then loads
-// and stores its accumulator through the stack: the kernels ran 10-20x slower on an AVX2 machine), while a
-// pair of 32-byte vectors lives in two ymm registers.
+// and stores its accumulator through the stack), while a pair of 32-byte vectors lives in two ymm registers.
 #if defined(__AVX512F__)
 typedef float vf __attribute__((vector_size(64), aligned(4)));  // unaligned access allowed
 
@@ -441,7 +439,7 @@ static inline void stack_entries(const float* in, vf (*acc)[V], int64_t t, int64
     constexpr int SPAN = (NT - 1) * GAP + RR;  // input rows one entry loads
     if (kb == ke) return;
     // a local copy the loop keeps in registers: GCC kept `acc` itself in memory, a load and a store around
-    // every multiply-add (a 4-row tile ran at half the speed of a 2-row one)
+    // every multiply-add
     vf a[RR][V];
 #pragma GCC unroll 16
     for (int r = 0; r < RR; r++)
@@ -790,7 +788,7 @@ void plane_mean(int64_t in, int64_t istride, int64_t C, int64_t H, int64_t W, in
         for (int64_t c = C * u / units; c < C * (u + 1) / units; c++) {
             std::fill(acc.begin(), acc.end(), 0.0f);
             // one picture: 16 partial sums over the whole plane (vectorises without reassociating), added up
-            // once per plane; adding them up after every row cost 28 us on one picture's 512 x 4 x 4
+            // once per plane, not after every row
             float lanes[16] = {0};
             for (int64_t y = 0; y < H; y++) {
                 const float* row = src + c * istride + ((y0 + y) * pitch + x0) * n;
@@ -862,6 +860,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("conv_stack", &conv_stack, release(), "sparse convolution of one picture, a kernel column's taps sharing loads");
     m.def("conv_channels", &conv_channels, release(), "convolution with 16 output channels per vector (small images)");
     m.attr("vector_registers") = kVRegs;
+#if defined(__AVX512F__)
+    m.attr("isa") = "avx512";
+#elif defined(__AVX2__)
+    m.attr("isa") = "avx2";
+#else
+    m.attr("isa") = "generic";
+#endif
     m.def("rest", [] { pool().rest(); }, "idle pool threads sleep at once until the next call (no spinning)");
     m.def("phases", &phases, release(), "split planes into stride x stride phase planes (space-to-depth)");
     m.def("plane_mean", &plane_mean, release(), "global average pool from the layout into an (n, C) buffer");
