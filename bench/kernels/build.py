@@ -35,14 +35,12 @@ _override: str | None = None  # set by ``using``; else the environment decides
 
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags: /proc/cpuinfo where there is one, else what torch detected."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    """The CPU's feature flags (``prune.platform.cpu_flags``), else what torch detected."""
+    from prune.platform import cpu_flags as read_flags
+
+    found = read_flags()
+    if found:
+        return frozenset(found)
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()  # "AVX512", "AVX2", "DEFAULT", ...
