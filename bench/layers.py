@@ -1,8 +1,13 @@
-"""Per-layer profile of the sparse-direct backend: each conv's dense and sparse time and the choice.
+"""Per-layer profile of the sparse-direct backend: each conv's dense and sparse time, the choice, and its roofline.
 
 For every convolution its shape, MACs, sparsity, the best dense and best sparse
-time, the variant the backend chooses, and the MAC-weighted limit; printed as a
-Markdown table and, with ``-o``, written with a PNG plot.
+time, the variant the backend chooses, and the MAC-weighted limit; then a
+roofline per conv: the nonzero multiply-adds per second it reaches and the bytes
+it moves (packed weights, input, output, residual), against this CPU's peaks
+measured at the start (``Roof``: fp32 matmul rate on the threads a layer runs on,
+copy bandwidth within L2 and from memory), so that each layer's distance from its
+own limit shows where the next gain lies. Printed as a Markdown table and, with
+``-o``, written with a PNG plot.
 
     python -m bench.layers model.pt --batch-size 1 -o results/
     python -m bench.layers synthetic:0.9 --batch-size 64 --threads 2
@@ -52,6 +57,10 @@ class Profile:
     chunk: int  # images per pass (the engine splits larger batches)
     layers: list  # bench.kernels.engine.LayerRecord
     passes: object | None = None  # bench.kernels.engine.PassTimes, with --pass-runs
+    roof: "Roof | None" = None  # this CPU's peaks, measured before the layers
+
+    def roofline(self) -> list["LayerRoof"]:
+        return [layer_roof(r, self.roof) for r in self.layers] if self.roof else []
 
     @property
     def mac_sparsity(self) -> float:
@@ -70,6 +79,69 @@ class Profile:
         sparse = sum(r.sparse_ms for r in self.layers)
         chosen = sum(r.times_ms[r.choice] for r in self.layers)
         return dense, sparse, chosen
+
+
+@dataclasses.dataclass(frozen=True)
+class Roof:
+    """This CPU's peaks, measured on the threads one layer runs on."""
+
+    gmacs: float  # fp32 multiply-adds per second of a 256 x 256 matmul per thread (torch's), all threads together
+    l2_gbs: float  # copy bandwidth (read + write) of a buffer that fits in L2
+    mem_gbs: float  # ... of one that does not fit in the last-level cache
+    l2_bytes: int  # the L2 size the choice between them uses
+
+
+def _cache_bytes(level: int, default: int) -> int:
+    """The size of this CPU's level-``level`` cache (Linux sysfs), else ``default``."""
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(base.glob("index*")) if base.exists() else []:
+        try:
+            if int((index / "level").read_text()) == level and (index / "type").read_text().strip() != "Instruction":
+                text = (index / "size").read_text().strip().upper()
+                return int(text[:-1]) * (1 << 10 if text.endswith("K") else 1 << 20) if text[-1] in "KM" else int(text)
+        except (OSError, ValueError):
+            continue
+    return default
+
+
+def measure_roof(threads: int) -> Roof:
+    """The peaks a layer's time is held against (about a second)."""
+    from bench.noise import buffers, copy_bandwidth, matmul_rate
+
+    l2, l3 = _cache_bytes(2, 1 << 20), _cache_bytes(3, 32 << 20)
+    rate = max(matmul_rate(threads) for _ in range(3)) / 2  # the best of three: a peak, not a typical speed
+    in_l2 = max(copy_bandwidth(*buffers(l2 // 4)) for _ in range(3))
+    from_mem = max(copy_bandwidth(*buffers(4 * l3), seconds=0.2) for _ in range(2))
+    return Roof(rate, in_l2, from_mem, l2)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRoof:
+    """One conv against the roof: what it does per call and what the CPU allows."""
+
+    gmacs: float  # nonzero multiply-adds per second reached by the chosen variant
+    gbs: float  # bytes moved per second: packed weights, input, output and residual once each
+    intensity: float  # nonzero multiply-adds per byte moved
+    roof_gmacs: float  # min(compute peak, intensity x bandwidth of the cache level the bytes fit in)
+    bound: str  # "compute" or "memory": which side of the roof the layer sits under
+
+    @property
+    def share(self) -> float:
+        return self.gmacs / self.roof_gmacs if self.roof_gmacs else 0.0
+
+
+def layer_roof(r, roof: Roof) -> LayerRoof:
+    """The roofline of one ``LayerRecord`` (per chunk, as it was timed)."""
+    n, ci, hi, wi = r.in_shape
+    _, co, ho, wo = r.out_shape
+    seconds = r.times_ms[r.choice] / 1e3
+    nz_macs = r.macs * (1.0 - r.sparsity) * n
+    moved = r.weight_bytes + 4 * n * (ci * hi * wi + co * ho * wo * (2 if "add" in r.fused else 1))
+    intensity = nz_macs / moved
+    bandwidth = roof.l2_gbs if moved <= roof.l2_bytes else roof.mem_gbs
+    memory_roof = intensity * bandwidth
+    bound = "memory" if memory_roof < roof.gmacs else "compute"
+    return LayerRoof(nz_macs / seconds / 1e9, moved / seconds / 1e9, intensity, min(roof.gmacs, memory_roof), bound)
 
 
 def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progress: bool = True) -> Profile:
@@ -95,7 +167,8 @@ def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progr
     # a ParallelEngine runs one single-threaded engine per thread: its layers were timed on one thread
     per_layer_threads = 1 if hasattr(engine, "engines") else threads
     passes = time_pass(engine, example, settings.pass_runs) if settings.pass_runs else None
-    return Profile(label, settings.batch_size, per_layer_threads, engine.chunk, engine.layers, passes)
+    return Profile(label, settings.batch_size, per_layer_threads, engine.chunk, engine.layers, passes,
+                   measure_roof(per_layer_threads))
 
 
 def format_table(p: Profile) -> str:
@@ -142,9 +215,43 @@ def format_table(p: Profile) -> str:
             f"were timed again inside the pass, each call after the layers before it ({len(refined)} layers; "
             f"{moved} took another variant, marked \"in the pass\"; their times above are still those alone)."
         )
+    if p.roof:
+        lines += format_roofline(p)
     if p.passes:
         lines += format_passes(p)
     return "\n".join(lines)
+
+
+def format_roofline(p: Profile) -> list[str]:
+    """Each conv against this CPU's roof: nonzero GMAC/s reached, bytes moved, and the share of its own limit."""
+    roof = p.roof
+    lines = [
+        "",
+        f"Roofline, {p.threads} thread(s) per layer: this CPU's peaks, measured now: {roof.gmacs:.1f} GMAC/s fp32 "
+        f"(torch's 256x256 matmul), copy {roof.l2_gbs:.0f} GB/s within L2 ({roof.l2_bytes >> 10} KiB) and "
+        f"{roof.mem_gbs:.0f} GB/s from memory. A conv's roof is the lower of the compute peak and its nonzero "
+        "multiply-adds per byte times the bandwidth of the level its bytes fit in (packed weights, input, output "
+        "and residual, each moved once per call).",
+        "",
+        "| layer | chosen | nonzero GMAC/s | GB/s | MAC/byte | roof GMAC/s | bound | share of roof |",
+        "|---|---|---:|---:|---:|---:|---|---:|",
+    ]
+    rows = p.roofline()
+    for r, lr in zip(p.layers, rows):
+        lines.append(f"| {r.name} | {r.choice} | {lr.gmacs:.1f} | {lr.gbs:.1f} | {lr.intensity:.1f} | "
+                     f"{lr.roof_gmacs:.1f} | {lr.bound} | {lr.share:.0%} |")
+    chosen_s = sum(r.times_ms[r.choice] for r in p.layers) / 1e3
+    nz = sum(r.macs * (1 - r.sparsity) * r.in_shape[0] for r in p.layers)
+    roof_s = sum(r.macs * (1 - r.sparsity) * r.in_shape[0] / lr.roof_gmacs / 1e9 for r, lr in zip(p.layers, rows))
+    worst = sorted(zip(p.layers, rows), key=lambda t: t[0].times_ms[t[0].choice] * (1 - t[1].share), reverse=True)[:3]
+    lines += [
+        f"| **all convs** | | {nz / chosen_s / 1e9:.1f} | | | | | {roof_s / chosen_s:.0%} |",
+        "",
+        f"At their roofs the convs would take {roof_s * 1e3:.3f} ms against {chosen_s * 1e3:.3f} ms; the most time "
+        "lost to its own roof: " + ", ".join(f"{r.name} ({(r.times_ms[r.choice] * (1 - lr.share)):.3f} ms)"
+                                             for r, lr in worst) + ".",
+    ]
+    return lines
 
 
 def format_passes(p: Profile) -> list[str]:

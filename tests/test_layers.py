@@ -65,8 +65,10 @@ def test_cli_writes_table_and_plot_and_refuses_to_overwrite(tmp_path, capsys):
     assert layers.main(argv) == 0
     table = (tmp_path / "layers-synthetic-s90-bs1.md").read_text()
     profile_part, pass_part = table.split("Inside the pass")
+    profile_part, roof_part = profile_part.split("Roofline")
     rows = [line for line in profile_part.splitlines() if line.startswith(CONV_ROWS)]
     assert len(rows) == 20  # the stem, 16 block convs and 3 shortcuts
+    assert len([line for line in roof_part.splitlines() if line.startswith(CONV_ROWS)]) == 20
     assert "MAC-weighted sparsity of the convolutions" in table
     passes = [line for line in pass_part.splitlines() if line.startswith(CONV_ROWS)]
     assert len(passes) == 20 and "| other steps |" in pass_part
@@ -104,3 +106,21 @@ def test_where_a_pass_goes_by_hand():
     no_batch = PassTimes(1, [OTHER_STEP, "a", "b"], steps, [4.2, 4.8, 5.4])
     assert "whole batch" not in layers.format_table(layers.Profile("m", 1, 2, 1, [a, b], passes=no_batch))
     assert "Inside the pass" not in layers.format_table(layers.Profile("m", 1, 2, 1, [a, b]))
+
+
+def test_roofline_by_hand():
+    # 4e6 MACs at 50%: 2e6 nonzero per call in 1 ms = 2 GMAC/s; bytes: 100 of weights + 4 * (128 in + 128 out)
+    r = _record("a", 4_000_000, 0.5, 2.0, 1.0, "sparse(R=1,V=4)")
+    in_memory = layers.layer_roof(r, layers.Roof(gmacs=10.0, l2_gbs=100.0, mem_gbs=0.001, l2_bytes=1000))
+    moved = 100 + 4 * 256
+    assert in_memory.gmacs == pytest.approx(2.0)
+    assert in_memory.gbs == pytest.approx(moved / 1e-3 / 1e9)
+    assert in_memory.intensity == pytest.approx(2e6 / moved)
+    assert in_memory.roof_gmacs == pytest.approx(2e6 / moved * 0.001) and in_memory.bound == "memory"
+    # the same bytes fit in a larger L2: its bandwidth lifts the memory roof above the compute peak
+    in_l2 = layers.layer_roof(r, layers.Roof(gmacs=10.0, l2_gbs=100.0, mem_gbs=10.0, l2_bytes=1 << 20))
+    assert in_l2.roof_gmacs == 10.0 and in_l2.bound == "compute"
+    assert in_l2.share == pytest.approx(in_l2.gmacs / 10.0)
+    p = layers.Profile("m", 1, 1, 1, [r], roof=layers.Roof(10.0, 100.0, 10.0, 1 << 20))
+    table = layers.format_table(p)
+    assert "| a | sparse(R=1,V=4) | 2.0 |" in table and "| compute | 20% |" in table
