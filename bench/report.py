@@ -25,7 +25,7 @@ from typing import Sequence
 
 from prune.errors import PruneBenchError
 
-DENSE_SPARSITY = 0.005  # a model with fewer zeros than this counts as the dense (0%) baseline
+DENSE_SPARSITY = 0.005  # a model with fewer zeros (and fewer MACs removed) than this is the dense (0%) baseline
 REQUIRED = ("backend", "device", "batch_size", "model", "sparsity", "mac_sparsity")
 
 
@@ -119,7 +119,7 @@ def speedups(cases: list[Case]) -> dict[Case, Speedup]:
     own_base: dict[tuple, float] = {}
     best_base: dict[tuple, tuple[float, str]] = {}
     for c in cases:
-        if c.sparsity >= DENSE_SPARSITY:
+        if c.sparsity >= DENSE_SPARSITY or c.mac_sparsity >= DENSE_SPARSITY:  # a channel-pruned model has no zeros
             continue
         key = (c.backend, c.device, c.batch_size)
         own_base[key] = min(own_base.get(key, math.inf), c.median_s)
