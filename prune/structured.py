@@ -401,3 +401,89 @@ def carried_meta(meta: dict) -> dict:
     if meta.get("arch") != ARCH_CHANNELS:
         return {}
     return {"arch": ARCH_CHANNELS, **{k: meta[k] for k in CARRIED if k in meta}}
+
+
+def run_channel_case(case, base_model, data, train, evals, study, header: dict, ckpt, fingerprint: dict) -> dict:
+    """One study case of channel pruning (``prune.study.run_case`` hands these here); returns its results row.
+
+    The row's ``target_sparsity``/``achieved_sparsity`` and ``mac_weighted_sparsity`` are fractions of MACs
+    removed (what channel pruning is asked for); ``param_fraction_removed`` beside them.
+    """
+    import time
+
+    from prune.checkpoint import save_checkpoint
+    from prune.models import ARCH
+    from prune.platform import provenance, resolve_device, set_seed
+    from prune.study import paired_time_per_image, write_atomic
+    from prune.train import PruneSettings, evaluate
+
+    start = time.perf_counter()
+    device = resolve_device(train.device)
+    set_seed(train.seed)
+    channel = ChannelSettings()
+    outcome = prune_channels_and_finetune(
+        base_model, data, PruneSettings(case.sparsity, case.rounds, "channel", study.include_downsample),
+        channel, dataclasses.replace(train, epochs=case.epochs), desc=case.name,
+    )
+    model = outcome.model
+    accuracy, loss = evaluate(model, data, device, evals.eval_batch_size)
+    base_seconds, seconds = paired_time_per_image(base_model, model, device, evals)
+    model.to("cpu")
+    base = header["base"]
+    row = {
+        "case": case.name,
+        "method": case.method,
+        "strategy": case.strategy,
+        "target_sparsity": case.sparsity,
+        "achieved_sparsity": outcome.mac_fraction,
+        "pruned_weights": outcome.reference_params - parameter_count(model),
+        "prunable_weights": outcome.reference_params,
+        "mac_weighted_sparsity": outcome.mac_fraction,
+        "param_fraction_removed": outcome.param_fraction,
+        "epochs": case.epochs,
+        "rounds": case.rounds,
+        "lr": train.lr,
+        "accuracy": accuracy,
+        "loss": loss,
+        "base_accuracy": base["accuracy"],
+        "accuracy_drop": base["accuracy"] - accuracy,
+        "time_per_image_ms": seconds * 1e3,
+        "base_time_per_image_ms": base_seconds * 1e3,
+        "speedup": base_seconds / seconds,
+        "wall_s": time.perf_counter() - start,
+        "device": header["device"],
+        "dataset": data.name,
+        "checkpoint": case.checkpoint,
+    }
+    meta = {
+        "arch": ARCH,  # replaced by channel_meta's
+        "dataset": data.name,
+        "dataset_note": data.note,
+        "method": case.method,
+        "strategy": case.strategy,
+        "target_sparsity": case.sparsity,
+        **channel_meta(outcome, channel),
+        "epochs": case.epochs,
+        "rounds": case.rounds,
+        "lr": train.lr,
+        "momentum": train.momentum,
+        "weight_decay": train.weight_decay,
+        "accuracy": accuracy,
+        "base_accuracy": base["accuracy"],
+        "base_checkpoint": base["checkpoint"],
+        "rounds_log": [{k: v for k, v in r.items() if k != "epochs"} for r in outcome.rounds],
+        "study": fingerprint,
+        "row": row,
+        "provenance": provenance(),
+    }
+    save_checkpoint(ckpt, model, meta, force=True)  # reaching here means the file is absent or --force was given
+    report = (
+        f"# {case.name}: channel pruning\n\n"
+        f"ResNet-18 on {data.name} ({data.note}).\n\n"
+        f"{case.method}, channel ({channel.importance}, {channel.channel_scope}): {outcome.mac_fraction:.2%} of the MACs "
+        f"removed (target {case.sparsity:.2%}, granularity {outcome.tolerance:.2%}), {outcome.param_fraction:.2%} of the "
+        f"parameters; {case.rounds} round(s), {case.epochs} fine-tuning epoch(s) per round; accuracy {accuracy:.2%} "
+        f"(base {base['accuracy']:.2%}).\n\nWidths (output channels): {format_widths(meta['widths'])}\n"
+    )
+    write_atomic(ckpt.parent / "reports" / f"{case.name}.md", report)
+    return row

@@ -212,3 +212,27 @@ def test_prune_cli_channel_writes_a_smaller_checkpoint(base_checkpoint, tmp_path
                  "--dataset", "synthetic"])
     err = capsys.readouterr().err
     assert code == 2 and "exists" in err and err.count("\n") == 1
+
+
+def test_study_structured_cases_run_and_refuse_a_channel_pruned_base(tmp_path, capsys):
+    from prune.study import StudySettings, parse_case, select_cases
+
+    cases = select_cases(StudySettings(cases=("structured",), sparsities=(0.5,), epochs=(1, 2), rounds=(2, 3)))
+    assert [c.name for c in cases] == ["50perc_oneshot2_channel", "50perc_iterative1_2_channel"]
+    assert all(parse_case(c.name) == c for c in cases)
+    tiny = ["study", "--dataset", "synthetic", "--train-limit", "8", "--test-limit", "16", "--batch-size", "8",
+            "--workers", "0", "--time-warmup", "0", "--time-iters", "2", "--no-progress", "--base-epochs", "1",
+            "--device", "cpu", "--out", str(tmp_path / "study"), "--sparsities", "0.5", "--epochs", "0",
+            "--rounds", "2", "--cases", "structured"]
+    assert main(tiny) == 0, capsys.readouterr().err
+    rows = {r["case"]: r for r in __import__("json").loads((tmp_path / "study" / "results.json").read_text())["rows"]}
+    assert set(rows) == {"50perc_oneshot0_channel", "50perc_iterative0_2_channel"}
+    for row in rows.values():
+        assert abs(row["mac_weighted_sparsity"] - 0.5) < MAC_TOLERANCE and 0 < row["param_fraction_removed"] < 1
+        model, meta = load_checkpoint(tmp_path / "study" / row["checkpoint"])
+        assert meta["arch"] == ARCH_CHANNELS and is_channel_pruned(model)
+    capsys.readouterr()
+    pruned_base = str(tmp_path / "study" / "resnet18_prune_50perc_oneshot0_channel.pt")
+    assert main([*tiny[:-2], "--cases", "50perc_oneshot0", "--base", pruned_base, "--out", str(tmp_path / "s2")]) == 2
+    err = capsys.readouterr().err
+    assert "needs the full architecture" in err and err.count("\n") == 1
