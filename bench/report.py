@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from bench import pareto as _pareto
 from prune.errors import PruneBenchError
 
 DENSE_SPARSITY = 0.005  # a model with fewer zeros (and fewer MACs removed) than this is the dense (0%) baseline
@@ -269,7 +270,7 @@ def plot(runs: list[Run], path: Path) -> Path:
         limit = sorted({(c.sparsity, c.limit) for c in cases})
         ax.plot([s * 100 for s, _ in limit], [lim for _, lim in limit], "k--", label="limit 1/(1-s_mac)")
         for i, backend in enumerate(_ordered(c.backend for c in cases)):
-            pts = sorted((c.sparsity, sp[c]) for c in cases if c.backend == backend)
+            pts = sorted(((c.sparsity, sp[c]) for c in cases if c.backend == backend), key=lambda t: t[0])
             color = f"C{i % 10}"
             own = [(s * 100, v.own) for s, v in pts if v.own]
             best = [(s * 100, v.best) for s, v in pts if v.best]
@@ -291,8 +292,14 @@ def plot(runs: list[Run], path: Path) -> Path:
     return path
 
 
-def write_report(paths: Sequence[str | Path], outdir: str | Path, force: bool = False) -> tuple[str, Path, Path]:
-    """Read the runs, write ``report.md`` and ``speedup.png`` to ``outdir``; returns (markdown, md path, png path)."""
+def write_report(
+    paths: Sequence[str | Path], outdir: str | Path, force: bool = False, accuracy: str | Path | None = None
+) -> tuple[str, Path, Path]:
+    """Read the runs, write ``report.md`` and ``speedup.png`` to ``outdir``; returns (markdown, md path, png path).
+
+    With ``accuracy`` (a ``bench.accuracy`` file), or where the runs carry accuracies, ``bench.pareto`` adds the
+    accuracy-latency section and ``accuracy_latency.png``.
+    """
     from prune.checkpoint import check_writable
 
     runs = [load_run(p) for p in paths]
@@ -304,6 +311,10 @@ def write_report(paths: Sequence[str | Path], outdir: str | Path, force: bool = 
     md_path = check_writable(outdir / "report.md", force)
     png_path = check_writable(outdir / "speedup.png", force)
     markdown = report_markdown(runs)
+    if accuracy or _pareto.has_accuracy(paths):  # accuracy beside speed: bench.pareto
+        section = _pareto.write(paths, outdir, accuracy, force)
+        if section:
+            markdown += "\n" + section[0]
     md_path.write_text(markdown + "\n", encoding="utf-8")
     plot(runs, png_path)
     return markdown, md_path, png_path
@@ -314,9 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="pytest-benchmark JSON files (.benchmarks/<machine>/NNNN_*.json)")
     parser.add_argument("-o", "--outdir", default="bench-report", help="folder for report.md and speedup.png")
     parser.add_argument("--force", action="store_true", help="overwrite report.md and speedup.png there")
+    parser.add_argument("--accuracy", help="bench.accuracy file: adds the accuracy-latency plot (accuracy_latency.png)")
     args = parser.parse_args(argv)
     try:
-        markdown, md_path, png_path = write_report(args.runs, args.outdir, args.force)
+        markdown, md_path, png_path = write_report(args.runs, args.outdir, args.force, args.accuracy)
     except PruneBenchError as e:
         import sys
 
