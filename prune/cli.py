@@ -361,6 +361,15 @@ def cmd_report(args) -> int:
         described.append(f"accuracy {meta['accuracy']:.2%}")
     if described:
         lines += [", ".join(described) + ".", ""]
+    if "widths" in meta and isinstance(meta.get("mac_fraction_removed"), float):
+        from prune.structured import format_widths
+
+        lines += [
+            f"Channel-pruned: {meta['mac_fraction_removed']:.2%} of the MACs and "
+            f"{meta.get('param_fraction_removed', float('nan')):.2%} of the parameters removed; "
+            f"output channels {format_widths(meta['widths'])}. The sparsity below is within this smaller model.",
+            "",
+        ]
     lines.append(format_report(mask.report(macs), mask.mac_weighted_sparsity(macs)))
     text = "\n".join(lines) + "\n"
     if args.out:
