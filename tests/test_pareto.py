@@ -88,3 +88,22 @@ def test_a_bad_accuracy_file_is_one_line(files, tmp_path):
                                                                          if k != "accuracy"}} for b in RUN]}))
     with pytest.raises(PruneBenchError, match="no model of the runs"):
         report.write_report([stripped], tmp_path / "o2", accuracy=other)
+
+
+def test_bench_accuracy_measures_fp32_and_int8_of_a_folder(base_checkpoint, tmp_path, capsys, one_thread):
+    import shutil
+
+    from bench import accuracy
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    shutil.copy(base_checkpoint, folder / "resnet18_base.pt")
+    code = accuracy.main([str(folder), "--test-limit", "32", "--calibration-images", "16"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads((folder / "accuracy.json").read_text())
+    assert data["dataset"] == "synthetic" and data["test_images"] == 32 and "16 training images" in data["calibration"]
+    (entry,) = data["models"].values()
+    assert 0 <= entry["fp32"] <= 1
+    assert (entry["int8"] is not None) != ("int8_error" in entry)  # measured, or the reason it was not
+    assert accuracy.main([str(folder)]) == 2 and "exists" in capsys.readouterr().err
