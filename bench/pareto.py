@@ -34,6 +34,7 @@ class Point:
     ms_per_image: float
     accuracy: float
     backend: str
+    checked: bool = True  # False: an INT8 model that failed its parity criterion (drawn hollow, never on the frontier)
 
 
 def load_accuracy(path: str | Path | None) -> dict:
@@ -92,14 +93,18 @@ def variant_points(paths, accuracy: dict) -> list[Point]:
         label, family = describe({**info, **{k: v for k, v in entry.items() if v is not None}})
         if precision == "int8":
             label += " + INT8"
-        points.append(Point(model, precision, label, family, device, batch, median / batch * 1e3, float(top1), backend))
+        checked = not (precision == "int8" and entry.get("int8_checked") is False)
+        if not checked:
+            label += " (fails parity)"
+        points.append(Point(model, precision, label, family, device, batch, median / batch * 1e3, float(top1), backend,
+                            checked))
     return points
 
 
 def pareto_front(points: list[Point]) -> list[Point]:
-    """The points no other point beats on both latency and accuracy, fastest first."""
+    """The points no other point beats on both latency and accuracy, fastest first (checked points only)."""
     front = []
-    for p in sorted(points, key=lambda p: (p.ms_per_image, -p.accuracy)):
+    for p in sorted((p for p in points if p.checked), key=lambda p: (p.ms_per_image, -p.accuracy)):
         if not front or p.accuracy > front[-1].accuracy:
             front.append(p)
     return front
@@ -113,7 +118,8 @@ def markdown(points: list[Point], source: str) -> str:
     """Per device and batch: the variants, fastest first, frontier marked."""
     lines = ["## Accuracy and latency per variant", "",
              f"Top-1: {source}. fp32 variants are timed at their fastest fp32 backend; INT8 on {INT8_BACKEND}. "
-             "★: on the Pareto frontier (nothing else is both as fast and as accurate).", ""]
+             "★: on the Pareto frontier (nothing else is both as fast and as accurate). \"fails parity\": an INT8 model "
+             "outside the INT8 criterion against its fp32 model (measured, never on the frontier).", ""]
     for device, batch in _panels(points):
         panel = [p for p in points if (p.device, p.batch_size) == (device, batch)]
         front = set(pareto_front(panel))
@@ -139,9 +145,10 @@ def plot(points: list[Point], path: Path, title: str = "") -> Path:
         panel = [p for p in points if (p.device, p.batch_size) == (device, batch)]
         front = pareto_front(panel)
         for p in panel:
-            ax.scatter(p.ms_per_image, p.accuracy * 100, color=colors.get(p.family, "C2"),
+            color = colors.get(p.family, "C2")
+            ax.scatter(p.ms_per_image, p.accuracy * 100, color=color if p.checked else "none",
                        marker="s" if p.precision == "int8" else "o", s=60 if p in front else 30,
-                       edgecolors="red" if p in front else "none", linewidths=1.5, zorder=3)
+                       edgecolors="red" if p in front else (color if not p.checked else "none"), linewidths=1.5, zorder=3)
             ax.annotate(p.label, (p.ms_per_image, p.accuracy * 100), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.step([p.ms_per_image for p in front], [p.accuracy * 100 for p in front], where="post", color="red",
                 linewidth=1, alpha=0.7, label="Pareto frontier")
