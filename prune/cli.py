@@ -331,6 +331,7 @@ def cmd_evaluate(args) -> int:
         "sparsity": mask.sparsity,
         "mac_weighted_sparsity": mask.mac_weighted_sparsity(macs),
         "trained_on": meta.get("dataset"),
+        "mac_fraction_removed": meta.get("mac_fraction_removed", 0.0),  # by channel pruning
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -339,6 +340,8 @@ def cmd_evaluate(args) -> int:
         print(f"  accuracy {accuracy:.2%}, loss {loss:.4f}")
         print(f"  time per image {seconds * 1e3:.3f} ms ({device.type}, batch {evals.time_batch}, median of {evals.time_iters})")
         print(f"  sparsity {mask.sparsity:.2%} ({mask.zeros} of {mask.numel} weights), MAC-weighted {result['mac_weighted_sparsity']:.2%}")
+        if isinstance(meta.get("mac_fraction_removed"), float) and "widths" in meta:
+            print(f"  channel-pruned: {meta['mac_fraction_removed']:.2%} of the MACs removed (sparsity above is within it)")
         if meta.get("dataset") not in (None, data.name):
             print(f"  note: trained on {meta['dataset']}, evaluated on {data.name}")
     return 0
