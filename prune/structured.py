@@ -328,7 +328,6 @@ def prune_channels_and_finetune(model: nn.Module, data, prune, channel: ChannelS
     ``model`` is not changed; the pruned model is returned in the outcome. If the
     model is channel-pruned already, the fractions count against its own MACs.
     """
-    from prune.platform import resolve_device
     from prune.schedule import round_sparsities
     from prune.train import fit
 
