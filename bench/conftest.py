@@ -36,7 +36,7 @@ class BenchSettings:
     )
     threads: int = dataclasses.field(default=0, metadata={"help": "CPU threads for torch and ONNX Runtime; 0: physical cores"})
     quick: bool = dataclasses.field(
-        default=False, metadata={"help": "smoke run: synthetic 0% and 90%, batch 1 and 4, few rounds"}
+        default=False, metadata={"help": "smoke run: synthetic 0%, 90% and channel-pruned to 90%'s MACs, batch 1 and 4, few rounds"}
     )
 
 
@@ -80,7 +80,8 @@ def make_plan(settings: BenchSettings) -> BenchPlan:
         specs = bench_models.checkpoint_specs(settings.models)
     else:
         specs = bench_models.synthetic_specs(
-            bench_models.QUICK_SPARSITIES if settings.quick else bench_models.SYNTHETIC_SPARSITIES
+            bench_models.QUICK_SPARSITIES if settings.quick else bench_models.SYNTHETIC_SPARSITIES,
+            bench_models.QUICK_CHANNEL_MATCHES if settings.quick else bench_models.CHANNEL_MATCHES,
         )
     names = _csv(settings.backends)
     if names == ["all"]:

@@ -9,6 +9,18 @@ says ``weights: synthetic``. Latency does not depend on what the weights mean,
 only on their count, their zeros and where the zeros are; unstructured
 magnitude pruning of random weights spreads zeros much as it does on trained
 ones, but the per-layer split differs (see ``synthetic_resnet18``).
+
+Beside them, channel-pruned (structured) synthetic models, each matched to an
+unstructured one by MACs removed: ``synthetic-channel-s90`` is the dense
+random ResNet-18 with whole filters removed (``prune.structured``, L1, the
+same fraction of every coupled group) until it has the MACs of
+``synthetic-s90``'s nonzero weights, so "at equal MACs, which is fastest"
+compares a smaller dense model with a sparse one. Two of them (matching 50%
+and 90%; the quick run only 90%): 50% is where channel pruning is usually
+used at little accuracy cost, 90% is where unstructured sparse kernels start
+to win, so it is their real competitor; more would lengthen ``make bench``
+for little. INT8 is not a model but a backend (``onnxruntime-int8``), so it
+runs on every model here: dense, unstructured and channel-pruned.
 """
 
 from __future__ import annotations
@@ -30,6 +42,8 @@ from prune.strategies import GlobalMagnitude
 
 SYNTHETIC_SPARSITIES = (0.0, 0.5, 0.75, 0.9, 0.95)
 QUICK_SPARSITIES = (0.0, 0.9)
+CHANNEL_MATCHES = (0.5, 0.9)  # unstructured sparsities whose MACs the channel-pruned synthetic models match
+QUICK_CHANNEL_MATCHES = (0.9,)
 SYNTHETIC_SEED = 0
 CALIBRATION_BATCHES = 2  # train-mode forwards on random images that set BatchNorm's running statistics...
 CALIBRATION_BATCH_SIZE = 32  # ...of this many images each (every channel averages >= 32*4*4 values per batch)
@@ -41,7 +55,8 @@ class ModelSpec:
 
     id: str  # test id and report label, e.g. "synthetic-s90" or the checkpoint's file stem
     path: str | None = None  # checkpoint file; None: synthetic
-    sparsity: float | None = None  # target sparsity of a synthetic model
+    sparsity: float | None = None  # target sparsity of a synthetic model (channel: the unstructured one it matches)
+    structure: str = "unstructured"  # synthetic: unstructured (masked zeros) | channel (whole filters removed)
 
 
 @dataclasses.dataclass
@@ -62,8 +77,12 @@ class BenchModel:
         return self.references[key]
 
 
-def synthetic_specs(sparsities=SYNTHETIC_SPARSITIES) -> list[ModelSpec]:
-    return [ModelSpec(id=f"synthetic-s{round(s * 100):02d}", sparsity=float(s)) for s in sparsities]
+def synthetic_specs(sparsities=SYNTHETIC_SPARSITIES, channel_matches=()) -> list[ModelSpec]:
+    """Unstructured synthetic models at ``sparsities``, then channel-pruned ones matching ``channel_matches``' MACs."""
+    specs = [ModelSpec(id=f"synthetic-s{round(s * 100):02d}", sparsity=float(s)) for s in sparsities]
+    specs += [ModelSpec(id=f"synthetic-channel-s{round(s * 100):02d}", sparsity=float(s), structure="channel")
+              for s in channel_matches]
+    return specs
 
 
 def checkpoint_specs(arg: str | list[str]) -> list[ModelSpec]:
@@ -134,8 +153,46 @@ def synthetic_resnet18(sparsity: float, seed: int = SYNTHETIC_SEED) -> nn.Module
         layers = prunable_layers(model)
         prune_rounds(layers, GlobalMagnitude(), sparsity, 1)
         make_permanent_(layers)
+    every = prunable_layers(model, include_downsample=True)
+    _MAC_SPARSITY[sparsity, seed] = Mask.from_model(every).mac_weighted_sparsity(layer_macs(model))
     calibrate_batchnorm_(model, seed=seed)
     return model
+
+
+_MAC_SPARSITY: dict[tuple[float, int], float] = {}  # (sparsity, seed) -> MAC-weighted sparsity, filled as models are built
+
+
+def synthetic_mac_sparsity(sparsity: float, seed: int = SYNTHETIC_SEED) -> float:
+    """The share of MACs whose weight ``synthetic_resnet18(sparsity)`` prunes (built once if not built yet)."""
+    if (sparsity, seed) not in _MAC_SPARSITY:
+        synthetic_resnet18(sparsity, seed)
+    return _MAC_SPARSITY[sparsity, seed]
+
+
+def synthetic_channel_resnet18(match: float, seed: int = SYNTHETIC_SEED) -> tuple[nn.Module, dict]:
+    """The dense synthetic ResNet-18 channel-pruned (L1, uniform) to the MACs removed by ``synthetic_resnet18(match)``.
+
+    Uniform: random weights give global ranking nothing to go on, and a
+    uniform cut is the common recipe (a width multiplier chosen by importance).
+    BatchNorm is recalibrated afterwards, as fine-tuning would leave it.
+    Returns the model and its meta (as a channel-pruned checkpoint carries).
+    """
+    from prune.structured import ARCH_CHANNELS, ChannelPruning, widths_of
+
+    target = synthetic_mac_sparsity(match, seed)
+    model, result = ChannelPruning("l1", "uniform")(synthetic_resnet18(0.0, seed), target)
+    calibrate_batchnorm_(model, seed=seed)
+    meta = {
+        "arch": ARCH_CHANNELS,
+        "widths": widths_of(model),
+        "strategy": "channel",
+        "method": "oneshot",
+        "matched_sparsity": match,
+        "target_mac_fraction": target,
+        "mac_fraction_removed": result.achieved,
+        "mac_tolerance": result.tolerance,
+    }
+    return model, meta
 
 
 def model_facts(model: nn.Module, meta: dict, spec: ModelSpec) -> dict:
@@ -144,6 +201,10 @@ def model_facts(model: nn.Module, meta: dict, spec: ModelSpec) -> dict:
     scope = Mask.from_model(prunable_layers(model, include_downsample))  # the study's definition of sparsity
     every = Mask.from_model(prunable_layers(model, include_downsample=True))  # every conv and fc
     macs = layer_macs(model)
+    # MACs skipped, of the full ResNet-18's: pruned weights' MACs plus, for a channel-pruned model, the removed
+    # channels' (so unstructured and channel models compare at equal MACs, and 1/(1-s) stays the speedup limit)
+    full = sum(layer_macs(resnet18_cifar(num_classes=model.fc.out_features)).values())
+    kept = sum(macs.values()) * (1.0 - every.mac_weighted_sparsity(macs))
     facts = {
         "model": spec.id,
         "weights": "synthetic" if spec.path is None else "checkpoint",
@@ -151,13 +212,15 @@ def model_facts(model: nn.Module, meta: dict, spec: ModelSpec) -> dict:
         "target_sparsity": spec.sparsity if spec.path is None else meta.get("target_sparsity"),
         "sparsity": scope.sparsity,
         "sparsity_scope": "stem, block convs and fc" + (" and shortcuts" if include_downsample else ""),
-        "mac_sparsity": every.mac_weighted_sparsity(macs),
+        "mac_sparsity": 1.0 - kept / full,
+        "structure": "channel" if meta.get("arch") == "resnet18-cifar-channels" else "unstructured",
+        "mac_fraction_removed": meta.get("mac_fraction_removed", 0.0),  # by channel pruning
         "nonzeros": every.nonzeros,
         "weights_total": every.numel,
         "macs_per_image": sum(macs.values()),
         "accuracy": meta.get("accuracy"),
     }
-    for key in ("dataset", "method", "strategy", "rounds"):
+    for key in ("dataset", "method", "strategy", "rounds", "matched_sparsity"):
         if key in meta:
             facts[key] = meta[key]
     return facts
@@ -165,7 +228,9 @@ def model_facts(model: nn.Module, meta: dict, spec: ModelSpec) -> dict:
 
 def load(spec: ModelSpec) -> BenchModel:
     """Build (synthetic) or load (checkpoint, dense or ``exporters.sparse`` format) the model of ``spec``."""
-    if spec.path is None:
+    if spec.path is None and spec.structure == "channel":
+        model, meta = synthetic_channel_resnet18(spec.sparsity)
+    elif spec.path is None:
         model, meta = synthetic_resnet18(spec.sparsity), {}
     else:
         from exporters.sparse import load_model
@@ -232,7 +297,10 @@ def bench_versions() -> dict:
 
 
 def model_spec(text: str):
-    """The ``bench.models.ModelSpec`` named by ``text``: a checkpoint path or ``synthetic:S``."""
+    """The ``bench.models.ModelSpec`` named by ``text``: a checkpoint path, ``synthetic:S`` or ``synthetic-channel:S``."""
+    if text.startswith("synthetic-channel:"):
+        spec = model_spec("synthetic:" + text.split(":", 1)[1])
+        return synthetic_specs([], [spec.sparsity])[0]
     if text.startswith("synthetic:"):
         value = text.split(":", 1)[1]
         try:

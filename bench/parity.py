@@ -51,7 +51,8 @@ def parity_tolerance(backend, device: str) -> tuple[float, float, bool]:
 def prepare_checked(backend, bench_model, batch_size: int, device: str, threads: int, what: str):
     """Prepare ``backend`` on ``bench_model`` for the suite's seeded batch and check its output before any timing.
 
-    Returns ``(prepared, (atol, rtol, tf32), max_abs_diff)``. ``NotApplicable`` from
+    Returns ``(prepared, (atol, rtol, tf32), max_abs_diff)``; a backend with its own
+    criterion (``Backend.check``, INT8) is held to that, and atol/rtol are None. ``NotApplicable`` from
     the backend passes through (the caller says whether that is a skip or an
     error); a mismatch raises ``ParityError``. The parity call is the prepared
     function's first call, so it also warms it up.
@@ -61,9 +62,13 @@ def prepare_checked(backend, bench_model, batch_size: int, device: str, threads:
     expected = bench_model.reference(batch_size, seed=0)
     other = bench_model.reference(batch_size, seed=1)  # a different input: proves the check is not trivial
     prepared = backend.prepare(bench_model.model, example_batch(batch_size, seed=0), device, threads)
-    atol, rtol, tf32 = parity_tolerance(backend, device)
+    own = getattr(backend, "check", None)
+    atol, rtol, tf32 = (None, None, False) if own else parity_tolerance(backend, device)
     with torch.inference_mode():
         got = prepared.to_torch(prepared.run(prepared.inputs))
         prepared.synchronize()
-    check_parity(got, expected, other, atol, rtol, what)
+    if own:
+        own(got, expected, other, what)
+    else:
+        check_parity(got, expected, other, atol, rtol, what)
     return prepared, (atol, rtol, tf32), float((got - expected).abs().max())

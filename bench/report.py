@@ -30,9 +30,10 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
+from bench import pareto as _pareto
 from prune.errors import PruneBenchError
 
-DENSE_SPARSITY = 0.005  # a model with fewer zeros than this counts as the dense (0%) baseline
+DENSE_SPARSITY = 0.005  # a model with fewer zeros (and fewer MACs removed) than this is the dense (0%) baseline
 REQUIRED = ("backend", "device", "batch_size", "model", "sparsity", "mac_sparsity")
 # dense backends of files saved before each case said so (extra_info["dense_backend"])
 KNOWN_DENSE = {"torch-dense", "torch-dense-folded", "torch-compile", "onnxruntime", "torch-dense-channels-last",
@@ -58,6 +59,11 @@ class Case:
     @property
     def ms_per_image(self) -> float:
         return self.median_s / self.batch_size * 1e3
+
+    @property
+    def is_full_dense_model(self) -> bool:
+        """The unpruned model: no zeros and no channels removed (a channel-pruned model has no zeros either)."""
+        return self.sparsity < DENSE_SPARSITY and self.mac_sparsity < DENSE_SPARSITY
 
     @property
     def limit(self) -> float:
@@ -154,7 +160,7 @@ def best_dense(cases: list[Case]) -> dict[tuple, Case]:
     backend dense, the fastest backend's."""
     out: dict[tuple, Case] = {}
     for c in cases:
-        if c.sparsity >= DENSE_SPARSITY:
+        if not c.is_full_dense_model:
             continue
         cur = out.get((c.device, c.batch_size))
         if cur is None or (c.dense, -c.median_s) > (cur.dense, -cur.median_s):
@@ -166,7 +172,7 @@ def speedups(cases: list[Case]) -> dict[Case, Speedup]:
     """Both speedups of every case (see the module docstring)."""
     own_base: dict[tuple, float] = {}
     for c in cases:
-        if c.sparsity < DENSE_SPARSITY:
+        if c.is_full_dense_model:
             key = (c.backend, c.device, c.batch_size)
             own_base[key] = min(own_base.get(key, math.inf), c.median_s)
     bases = best_dense(cases)
@@ -301,7 +307,8 @@ def answer(runs: list[Run]) -> dict[tuple, dict[tuple, Figure]]:
     per_run: dict[tuple, dict[tuple, list[tuple[Speedup, bool]]]] = {}
     for r in runs:
         for c, sp in speedups(r.cases).items():
-            if c.dense or sp.best is None:
+            # a dense backend is the baseline, not an answer, except on a model with channels removed (smaller)
+            if sp.best is None or (c.dense and c.is_full_dense_model) or (c.dense and c.sparsity >= DENSE_SPARSITY):
                 continue
             group = per_run.setdefault((r.device_kind(c.device), c.device, c.batch_size), {})
             key = (round(c.sparsity, 3), round(c.mac_sparsity, 3), c.model, c.backend)
@@ -387,7 +394,7 @@ def plot(runs: list[Run], path: Path) -> Path:
         for c, sp in speedups(r.cases).items():
             if sp.own is not None:
                 own.setdefault((r.device_kind(c.device), c.device, c.batch_size), {}).setdefault(c.backend, []).append(
-                    (c.sparsity * 100, sp.own))
+                    (c.mac_sparsity * 100, sp.own))
     panels = list(groups) or list(own)
     if not panels:  # no dense (0%) model in the runs: no speedup to draw
         fig, ax = plt.subplots(figsize=(6, 2))
@@ -402,12 +409,12 @@ def plot(runs: list[Run], path: Path) -> Path:
     for (ax, ax_own), key in zip(axes, panels):
         machine, device, batch = key
         cells = groups.get(key, {})
-        limit = sorted({(k[0] * 100, 1 / (1 - k[1]) if k[1] < 1 else math.inf) for k in cells})
-        if limit:  # one mark per model: two models of one sparsity can prune different shares of the MACs
-            ax.plot(*zip(*limit), "k--", marker="_", markersize=14, linewidth=0.8, label="limit 1/(1-s_mac)")
+        limit = sorted({(k[1] * 100, 1 / (1 - k[1]) if k[1] < 1 else math.inf) for k in cells})
+        if limit:
+            ax.plot(*zip(*limit), "k--", linewidth=0.8, label="limit 1/(1-s_mac)")
         for backend in _ordered(k[3] for k in sorted(cells)):
             color = colors.setdefault(backend, f"C{len(colors) % 10}")
-            pts = sorted(((k[0] * 100, k[2]), f) for k, f in cells.items() if k[3] == backend)
+            pts = sorted(((k[1] * 100, k[2]), f) for k, f in cells.items() if k[3] == backend)
             xs = [x for (x, _), _ in pts]
             ys = [f.median for _, f in pts]
             err = [[f.median - f.low for _, f in pts], [f.high - f.median for _, f in pts]]
@@ -415,7 +422,7 @@ def plot(runs: list[Run], path: Path) -> Path:
         ax.axhline(1.0, color="grey", linewidth=0.8)
         bases = sorted({f.base for f in cells.values()})
         ax.set_yscale("log")
-        ax.set_xlabel("sparsity (%)")
+        ax.set_xlabel("multiply-adds pruned or removed, s_mac (%)")
         ax.set_ylabel(f"speedup over the best dense backend ({', '.join(bases)})")
         ax.set_title(f"{machine}, {device}, batch {batch}", fontsize=9)
         ax.legend(fontsize=7)
@@ -425,7 +432,7 @@ def plot(runs: list[Run], path: Path) -> Path:
                         label=backend, alpha=0.8)
         ax_own.axhline(1.0, color="grey", linewidth=0.8)
         ax_own.set_yscale("log")
-        ax_own.set_xlabel("sparsity (%)")
+        ax_own.set_xlabel("s_mac (%)")
         ax_own.set_title("each backend vs its own dense model (not the answer)", fontsize=8)
         ax_own.legend(fontsize=6)
     fig.tight_layout()
@@ -434,8 +441,14 @@ def plot(runs: list[Run], path: Path) -> Path:
     return path
 
 
-def write_report(paths: Sequence[str | Path], outdir: str | Path, force: bool = False) -> tuple[str, Path, Path]:
-    """Read the runs, write ``report.md`` and ``speedup.png`` to ``outdir``; returns (markdown, md path, png path)."""
+def write_report(
+    paths: Sequence[str | Path], outdir: str | Path, force: bool = False, accuracy: str | Path | None = None
+) -> tuple[str, Path, Path]:
+    """Read the runs, write ``report.md`` and ``speedup.png`` to ``outdir``; returns (markdown, md path, png path).
+
+    With ``accuracy`` (a ``bench.accuracy`` file), or where the runs carry accuracies, ``bench.pareto`` adds the
+    accuracy-latency section and ``accuracy_latency.png``.
+    """
     from prune.checkpoint import check_writable
 
     runs = [load_run(p) for p in paths]
@@ -447,6 +460,10 @@ def write_report(paths: Sequence[str | Path], outdir: str | Path, force: bool = 
     md_path = check_writable(outdir / "report.md", force)
     png_path = check_writable(outdir / "speedup.png", force)
     markdown = report_markdown(runs)
+    if accuracy or _pareto.has_accuracy(paths):  # accuracy beside speed: bench.pareto
+        section = _pareto.write(paths, outdir, accuracy, force)
+        if section:
+            markdown += "\n" + section[0]
     md_path.write_text(markdown + "\n", encoding="utf-8")
     plot(runs, png_path)
     return markdown, md_path, png_path
@@ -461,9 +478,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--merge", action="store_true",
         help="also one table and plot with a column per host (merged.md, merged.png; automatic for files from several hosts)",
     )
+    parser.add_argument("--accuracy", help="bench.accuracy file: adds the accuracy-latency plot (accuracy_latency.png)")
     args = parser.parse_args(argv)
     try:
-        markdown, md_path, png_path = write_report(args.runs, args.outdir, args.force)
+        markdown, md_path, png_path = write_report(args.runs, args.outdir, args.force, args.accuracy)
         from bench import merge  # several hosts read together: see bench/merge.py
 
         if args.merge or merge.host_count(args.runs) > 1:

@@ -1,6 +1,7 @@
 """Export a prunebench checkpoint to ONNX, verified: checker, ONNX Runtime parity and surviving zeros.
 
     python -m exporters.onnx model.pt [-o model.onnx] [--opset N] [--batch-size N|dynamic] [--force]
+    python -m exporters.onnx model.pt --int8 --calibrate DATASET [--calibration-images N]   # INT8: exporters.quantize
 
 The export uses PyTorch's torch.export-based exporter (``dynamo=True``, the
 default since PyTorch 2.9; the TorchScript one is deprecated). Its graph
@@ -298,15 +299,42 @@ def format_report(report: OnnxReport, settings: OnnxSettings) -> str:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    from exporters.quantize import QuantizeSettings
+
     parser = argparse.ArgumentParser(prog="python -m exporters.onnx", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="prunebench checkpoint or bare ResNet-18 state_dict (.pt)")
-    parser.add_argument("-o", "--output", help="ONNX file to write (default: the checkpoint's name with .onnx)")
+    parser.add_argument("-o", "--output", help="ONNX file to write (default: the checkpoint's name with .onnx, .int8.onnx)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    parser.add_argument("--int8", action="store_true", help="write the INT8 (QDQ, static) model instead; needs --calibrate")
     add_settings(parser, OnnxSettings, types={"batch_size": parse_batch_size})
+    add_settings(parser, QuantizeSettings)
     args = parser.parse_args(argv)
     settings = settings_from(args, OnnxSettings)
+    if args.int8:
+        return _main_int8(args, settings)
+    if args.calibrate:
+        raise PruneBenchError("--calibrate sets the INT8 calibration data: add --int8, or leave it out for fp32")
     report = export_checkpoint(args.checkpoint, args.output, settings, force=args.force)
     print(format_report(report, settings))
+    return 0
+
+
+def _main_int8(args, onnx_settings: OnnxSettings) -> int:
+    from exporters.quantize import QuantizeSettings, calibration_for, export_int8, format_int8_report
+
+    quantize = settings_from(args, QuantizeSettings)
+    quantize.check()
+    checkpoint = Path(args.checkpoint)
+    output = Path(args.output) if args.output else checkpoint.with_name(checkpoint.stem + ".int8.onnx")
+    check_writable(output, args.force)  # before the slow part
+    model, meta = load_checkpoint(checkpoint)
+    calibration = calibration_for(quantize)  # missing data fails here, before any export
+    if meta.get("dataset") and calibration.real and meta["dataset"] != args.calibrate:
+        raise PruneBenchError(
+            f"{checkpoint} was trained on {meta['dataset']}: calibrate on the same data (--calibrate {meta['dataset']})"
+        )
+    report = export_int8(model, output, quantize, calibration, force=args.force, onnx_settings=onnx_settings)
+    print(format_int8_report(report, quantize))
     return 0
 
 

@@ -110,14 +110,35 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return state, meta
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
-    """Build the CIFAR ResNet-18 and load a checkpoint into it (eval mode, CPU)."""
+def load_checkpoint(path: str | Path, full_only: str = "") -> tuple[nn.Module, dict]:
+    """Build the CIFAR ResNet-18 (or its channel-pruned form) and load a checkpoint into it (eval mode, CPU).
+
+    A channel-pruned checkpoint (``arch: resnet18-cifar-channels``) is rebuilt
+    from the widths in its meta (``prune.structured``). ``full_only`` names a
+    tool that needs the full architecture: given a channel-pruned checkpoint it
+    refuses with a one-line error saying so.
+    """
+    from prune.structured import ARCH_CHANNELS, build_resnet18_widths
+
     state, meta = load_state(path)
-    if meta.get("arch", ARCH) != ARCH:
-        raise PruneBenchError(f"{path} is a {meta['arch']!r} checkpoint; prunebench handles {ARCH!r}")
-    fc = state.get("fc.weight")
-    num_classes = fc.shape[0] if isinstance(fc, torch.Tensor) and fc.dim() == 2 else 10
-    model = resnet18_cifar(num_classes=num_classes)
+    arch = meta.get("arch", ARCH)
+    if arch == ARCH_CHANNELS:
+        if full_only:
+            removed = meta.get("mac_fraction_removed")
+            share = f", {removed:.1%} of its MACs removed" if isinstance(removed, float) else ""
+            raise PruneBenchError(
+                f"{path} is a channel-pruned ResNet-18{share}; {full_only} needs the full architecture: "
+                "give it an unpruned (or unstructured-pruned) checkpoint"
+            )
+        if "widths" not in meta:
+            raise PruneBenchError(f"{path} says {ARCH_CHANNELS} but its meta has no widths: it cannot be rebuilt")
+        model = build_resnet18_widths(meta["widths"], where=str(path))
+    elif arch != ARCH:
+        raise PruneBenchError(f"{path} is a {meta['arch']!r} checkpoint; prunebench handles {ARCH!r} and {ARCH_CHANNELS!r}")
+    else:
+        fc = state.get("fc.weight")
+        num_classes = fc.shape[0] if isinstance(fc, torch.Tensor) and fc.dim() == 2 else 10
+        model = resnet18_cifar(num_classes=num_classes)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -128,9 +149,12 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
         )
     for k, v in expected.items():
         if state[k].shape != v.shape:
-            hint = " (an ImageNet 7x7 stem?)" if k == "conv1.weight" else ""
+            hint = " (an ImageNet 7x7 stem?)" if k == "conv1.weight" and state[k].shape[-1] == 7 else ""
+            if arch == ARCH and not hint:
+                hint = " (a channel-pruned model? save it with prune.checkpoint.save_checkpoint and its widths in meta)"
             raise PruneBenchError(
-                f"{path}: {k} has shape {tuple(state[k].shape)}, the CIFAR ResNet-18 needs {tuple(v.shape)}{hint}"
+                f"{path}: {k} has shape {tuple(state[k].shape)}, the {'channel-pruned ' if arch != ARCH else ''}"
+                f"CIFAR ResNet-18 needs {tuple(v.shape)}{hint}"
             )
     model.load_state_dict(state)
     model.eval()

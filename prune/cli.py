@@ -187,9 +187,11 @@ def _say(text: str) -> None:
 def _prune_meta(model_meta: dict, data, prune, train, outcome, accuracy: float, macs, source: str) -> dict:
     from prune.models import ARCH
     from prune.platform import provenance
+    from prune.structured import carried_meta
 
     return {
         "arch": ARCH,
+        **carried_meta(model_meta),  # a channel-pruned model pruned further keeps its architecture
         "dataset": data.name,
         "dataset_note": data.note,
         "method": "iterative" if prune.rounds > 1 else "oneshot",
@@ -211,7 +213,7 @@ def _prune_meta(model_meta: dict, data, prune, train, outcome, accuracy: float, 
 
 
 def cmd_prune(args) -> int:
-    """Prune a checkpoint one-shot or iteratively, fine-tuning after each round, and save the result."""
+    """Prune a checkpoint one-shot or iteratively, fine-tuning after each round (--strategy channel: whole filters)."""
     from prune import distributed
     from prune.checkpoint import check_writable, load_checkpoint, save_checkpoint
     from prune.data import DataSettings, load_data
@@ -225,6 +227,8 @@ def cmd_prune(args) -> int:
         s.check()
     check_writable(args.out, args.force)
     model, meta = load_checkpoint(args.checkpoint)
+    if prune.strategy == "channel":
+        return _prune_channels(args, model, meta, data_settings, prune, train)
     data = load_data(data_settings)
     set_seed(train.seed)
     macs = layer_macs(model)
@@ -238,6 +242,48 @@ def cmd_prune(args) -> int:
         f"{path}: sparsity {outcome.mask.sparsity:.2%} ({outcome.mask.zeros} of {outcome.mask.numel} weights), "
         f"accuracy {accuracy:.2%} on {data.name}"
     )
+    return 0
+
+
+def _prune_channels(args, model, meta, data_settings, prune, train) -> int:
+    """``prune --strategy channel``: a smaller dense model, its widths in the checkpoint's meta."""
+    from prune.checkpoint import save_checkpoint
+    from prune.data import load_data
+    from prune.platform import provenance, resolve_device, set_seed
+    from prune.structured import ChannelSettings, channel_meta, format_widths, prune_channels_and_finetune
+    from prune.train import evaluate
+
+    channel = settings_from(args, ChannelSettings)
+    channel.check()
+    data = load_data(data_settings)
+    set_seed(train.seed)
+    outcome = prune_channels_and_finetune(model, data, prune, channel, train)
+    accuracy, _ = evaluate(outcome.model, data, resolve_device(train.device))
+    outcome.model.to("cpu")
+    new_meta = {
+        "dataset": data.name,
+        "dataset_note": data.note,
+        "method": "iterative" if prune.rounds > 1 else "oneshot",
+        "strategy": "channel",
+        "target_sparsity": prune.sparsity,
+        **channel_meta(outcome, channel),
+        "epochs": train.epochs,
+        "rounds": prune.rounds,
+        "rounds_log": [{k: v for k, v in r.items() if k != "epochs"} for r in outcome.rounds],
+        "lr": train.lr,
+        "momentum": train.momentum,
+        "weight_decay": train.weight_decay,
+        "accuracy": accuracy,
+        "base_accuracy": meta.get("accuracy"),
+        "base_checkpoint": args.checkpoint,
+        "provenance": provenance(),
+    }
+    path = save_checkpoint(args.out, outcome.model, new_meta, args.force)
+    print(
+        f"{path}: {outcome.mac_fraction:.2%} of the MACs removed (asked {prune.sparsity:.2%}, granularity "
+        f"{outcome.tolerance:.2%}), {outcome.param_fraction:.2%} of the parameters; accuracy {accuracy:.2%} on {data.name}"
+    )
+    print(f"  widths: {format_widths(new_meta['widths'])}")
     return 0
 
 
@@ -316,6 +362,7 @@ def cmd_evaluate(args) -> int:
         "sparsity": mask.sparsity,
         "mac_weighted_sparsity": mask.mac_weighted_sparsity(macs),
         "trained_on": meta.get("dataset"),
+        "mac_fraction_removed": meta.get("mac_fraction_removed", 0.0),  # by channel pruning
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -324,6 +371,8 @@ def cmd_evaluate(args) -> int:
         print(f"  accuracy {accuracy:.2%}, loss {loss:.4f}")
         print(f"  time per image {seconds * 1e3:.3f} ms ({device.type}, batch {evals.time_batch}, median of {evals.time_iters})")
         print(f"  sparsity {mask.sparsity:.2%} ({mask.zeros} of {mask.numel} weights), MAC-weighted {result['mac_weighted_sparsity']:.2%}")
+        if isinstance(meta.get("mac_fraction_removed"), float) and "widths" in meta:
+            print(f"  channel-pruned: {meta['mac_fraction_removed']:.2%} of the MACs removed (sparsity above is within it)")
         if meta.get("dataset") not in (None, data.name):
             print(f"  note: trained on {meta['dataset']}, evaluated on {data.name}")
     return 0
@@ -346,6 +395,15 @@ def cmd_report(args) -> int:
         described.append(f"accuracy {meta['accuracy']:.2%}")
     if described:
         lines += [", ".join(described) + ".", ""]
+    if "widths" in meta and isinstance(meta.get("mac_fraction_removed"), float):
+        from prune.structured import format_widths
+
+        lines += [
+            f"Channel-pruned: {meta['mac_fraction_removed']:.2%} of the MACs and "
+            f"{meta.get('param_fraction_removed', float('nan')):.2%} of the parameters removed; "
+            f"output channels {format_widths(meta['widths'])}. The sparsity below is within this smaller model.",
+            "",
+        ]
     lines.append(format_report(mask.report(macs), mask.mac_weighted_sparsity(macs)))
     text = "\n".join(lines) + "\n"
     if args.out:
@@ -391,6 +449,7 @@ def cmd_study(args) -> int:
 def build_parser() -> Parser:
     from prune.claims import WorkerSettings
     from prune.data import DataSettings
+    from prune.structured import ChannelSettings
     from prune.study import StudySettings
     from prune.train import FINETUNE_DEFAULTS, EvalSettings, PruneSettings, TrainSettings
 
@@ -406,6 +465,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("prune", help=cmd_prune.__doc__, description=cmd_prune.__doc__)
     _add_checkpoint(p)
     add_settings(p, PruneSettings)
+    add_settings(p, ChannelSettings)
     add_settings(p, DataSettings)
     add_settings(p, TrainSettings, defaults=FINETUNE_DEFAULTS)
     _add_output(p)

@@ -168,11 +168,18 @@ class SemiStructured24:
 
 STRATEGIES = {"magnitude": GlobalMagnitude, "random": GlobalRandom, "2:4": SemiStructured24}
 
+# Strategies that change the model's shapes instead of returning a mask (``prune.structured``); their sparsity is
+# the fraction of MACs removed.
+STRUCTURED = ("channel",)
+
 
 def get_strategy(name: str, **kwargs):
     """The strategy registered as ``name``; an unknown name lists the valid ones."""
+    if name in STRUCTURED:
+        raise PruneBenchError(f"{name!r} pruning changes shapes and returns a model, not a mask: use prune.structured")
     try:
         cls = STRATEGIES[name]
     except KeyError:
-        raise PruneBenchError(f"unknown pruning strategy {name!r}: choose one of {', '.join(STRATEGIES)}") from None
+        valid = ", ".join([*STRATEGIES, *STRUCTURED])
+        raise PruneBenchError(f"unknown pruning strategy {name!r}: choose one of {valid}") from None
     return cls(**kwargs)

@@ -38,7 +38,7 @@ from prune.mask import format_report
 from prune.models import ARCH, layer_macs
 from prune.platform import provenance, set_seed
 from prune.schedule import check_rounds, check_sparsity
-from prune.strategies import STRATEGIES
+from prune.strategies import STRATEGIES, STRUCTURED
 from prune.train import (
     EvalSettings,
     PruneSettings,
@@ -77,7 +77,7 @@ class StudySettings:
 
     out: str = "runs/study"  # folder for checkpoints, results (JSON, CSV, Markdown), per-layer reports and the plot
     base: str = ""  # base checkpoint, trained first if absent (default: OUT/resnet18_base.pt)
-    cases: tuple[str, ...] = ("grid",)  # grid | controls | all | case names such as 90perc_oneshot5 90perc_iterative3_3
+    cases: tuple[str, ...] = ("grid",)  # grid | controls | structured | all | case names such as 90perc_oneshot5 90perc_iterative3_3
     sparsities: tuple[float, ...] = (0.5, 0.75, 0.9)  # target sparsities, each in [0, 1)
     epochs: tuple[int, ...] = (3, 5)  # fine-tuning epochs (per round): one-shot runs each, iterative pairs them with --rounds
     rounds: tuple[int, ...] = (3, 5)  # iterative rounds, paired in order with --epochs (3 epochs x 3 rounds, 5 x 5)
@@ -172,7 +172,7 @@ def parse_case(name: str) -> Case:
     if not m:
         raise PruneBenchError(
             f"cannot read case {name!r}: write e.g. 90perc_oneshot5, 90perc_iterative3_3, 90perc_oneshot5_random, "
-            "or grid, controls, all"
+            "or grid, controls, structured, all"
         )
     percent, method, epochs, rounds, strategy = m.groups()
     if method == "oneshot" and rounds is not None:
@@ -180,7 +180,7 @@ def parse_case(name: str) -> Case:
         raise PruneBenchError(f"case {name!r}: one-shot cases have no rounds (write e.g. 90perc_oneshot5)")
     if method == "iterative" and rounds is None:
         raise PruneBenchError(f"case {name!r}: iterative cases name epochs and rounds, e.g. 90perc_iterative3_3")
-    strategies = {_slug(s): s for s in STRATEGIES}
+    strategies = {_slug(s): s for s in [*STRATEGIES, *STRUCTURED]}
     if strategy is not None and strategy not in strategies:
         raise PruneBenchError(f"case {name!r}: unknown strategy suffix {strategy!r}: choose one of {', '.join(strategies)}")
     case = Case(
@@ -212,6 +212,15 @@ def controls(study: StudySettings) -> list[Case]:
     return cases
 
 
+def structured(study: StudySettings) -> list[Case]:
+    """Per sparsity (here: MACs removed), channel pruning one-shot with the longest budget and iterative with the first pair."""
+    cases = []
+    for s in study.sparsities:
+        cases.append(Case(s, 1, max(study.epochs), "channel"))
+        cases.append(Case(s, study.rounds[0], study.epochs[0], "channel", iterative=True))
+    return cases
+
+
 def select_cases(study: StudySettings) -> list[Case]:
     """The cases ``study.cases`` names, in order, each once."""
     chosen: list[Case] = []
@@ -220,6 +229,8 @@ def select_cases(study: StudySettings) -> list[Case]:
             chosen += grid(study)
         elif token == "controls":
             chosen += controls(study)
+        elif token == "structured":
+            chosen += structured(study)
         elif token == "all":
             chosen += grid(study) + controls(study)
         else:
@@ -328,7 +339,9 @@ def render_markdown(data: dict) -> str:
         f"Device: {data.get('device', '?')}; command: `{data.get('command', '?')}`.",
         "Sparsity is over the pruned layers; MAC-weighted sparsity is the share of multiply-accumulates whose weight "
         "is zero. Time per image: median fp32 forward pass of one batch divided by its size, pruned and base timed "
-        "back to back for each case (dense kernels, so no speedup is expected; see the bench suite for latency).",
+        "back to back for each case (dense kernels, so no speedup is expected; see the bench suite for latency). "
+        "Channel cases (strategy channel) remove whole filters: their target, achieved and MAC-weighted figures "
+        "are all the fraction of MACs removed, and their model is smaller, so their speedup is real.",
         "",
         "| case | method | strategy | target | achieved | MAC-weighted | epochs | rounds | accuracy | drop | ms/image | speedup | wall s |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -379,7 +392,7 @@ def load_or_train_base(study: StudySettings, data: DataSet, train: TrainSettings
     """The base model and its meta: loaded from ``study.base_path``, or trained there first."""
     path = study.base_path
     if path.exists():
-        model, meta = load_checkpoint(path)
+        model, meta = load_checkpoint(path, full_only="the study's base (--base)")
         if meta.get("dataset") not in (None, data.name):
             raise PruneBenchError(
                 f"base checkpoint {path} was trained on {meta['dataset']}, the study uses {data.name}: "
@@ -592,6 +605,10 @@ def run_case(
     With ``resume`` (a state file) the fine-tuning state is kept there after every epoch and a case
     killed mid-way goes on from it.
     """
+    if case.strategy in STRUCTURED:
+        from prune.structured import run_channel_case
+
+        return run_channel_case(case, base_model, data, train, evals, study, header, ckpt, fingerprint)
     start = time.perf_counter()
     set_seed(train.seed)
     model = copy.deepcopy(base_model)

@@ -30,7 +30,7 @@ from prune.models import INPUT_SHAPE, prunable_layers
 from prune.platform import resolve_device
 from prune.pruning import prune_rounds
 from prune.schedule import check_rounds, check_sparsity, round_counts
-from prune.strategies import STRATEGIES, get_strategy
+from prune.strategies import STRATEGIES, STRUCTURED, get_strategy
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 AMP = ("bf16", "fp16", "off")
@@ -102,13 +102,13 @@ class PruneSettings:
 
     sparsity: float = 0.9  # fraction of the in-scope weights pruned at the end, in [0, 1)
     rounds: int = 1  # pruning rounds, each followed by fine-tuning: 1 is one-shot, more is iterative
-    strategy: str = "magnitude"  # which weights go: a name in prune.strategies.STRATEGIES
+    strategy: str = "magnitude"  # which weights go: a name in prune.strategies.STRATEGIES, or channel (sparsity: MACs removed)
     include_downsample: bool = False  # also prune the three 1x1 shortcut convs (the seed pruned 18 tensors)
 
     def check(self) -> None:
         check_sparsity(self.sparsity)
         check_rounds(self.rounds)
-        if self.strategy not in STRATEGIES:
+        if self.strategy not in STRATEGIES and self.strategy not in STRUCTURED:
             get_strategy(self.strategy)  # raises the registry's one-line error
 
 

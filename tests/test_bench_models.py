@@ -76,13 +76,16 @@ def test_spec_errors(arg, message, tmp_path):
 def test_plan_defaults_and_quick():
     plan = make_plan(BenchSettings())
     assert plan.batch_sizes == list(BATCH_SIZES)
-    assert [s.sparsity for s in plan.specs] == list(bench_models.SYNTHETIC_SPARSITIES)
+    unstructured = [s.sparsity for s in plan.specs if s.structure == "unstructured"]
+    assert unstructured == list(bench_models.SYNTHETIC_SPARSITIES)
+    assert [s.sparsity for s in plan.specs if s.structure == "channel"] == list(bench_models.CHANNEL_MATCHES)
     assert plan.backends == [n for n in BACKENDS if get_backend(n).default]
     assert {"torch-dense", "torch-sparse", "onnxruntime"} <= set(plan.backends)
     assert plan.threads == bench_models.physical_cores() >= 1
     quick = make_plan(BenchSettings(quick=True))
     assert quick.batch_sizes == list(QUICK_BATCH_SIZES)
-    assert [s.sparsity for s in quick.specs] == list(bench_models.QUICK_SPARSITIES)
+    assert [s.sparsity for s in quick.specs if s.structure == "unstructured"] == list(bench_models.QUICK_SPARSITIES)
+    assert [s.id for s in quick.specs if s.structure == "channel"] == ["synthetic-channel-s90"]
     assert quick.timing.max_rounds < plan.timing.max_rounds
     chosen = make_plan(BenchSettings(backends="onnxruntime", batch_sizes="2, 4", threads=3, quick=True))
     assert chosen.backends == ["onnxruntime"] and chosen.batch_sizes == [2, 4] and chosen.threads == 3
@@ -128,3 +131,14 @@ def test_physical_cores_is_sane():
     import os
 
     assert 1 <= bench_models.physical_cores() <= (os.cpu_count() or 1)
+
+
+def test_synthetic_channel_model_matches_its_unstructured_partner_by_macs(one_thread):
+    spec = bench_models.model_spec("synthetic-channel:0.9")
+    assert spec.id == "synthetic-channel-s90" and spec.structure == "channel"
+    channel = bench_models.load(spec)
+    partner = bench_models.synthetic_mac_sparsity(0.9)
+    facts = channel.facts
+    assert facts["structure"] == "channel" and facts["sparsity"] == 0.0  # no zeros: a smaller dense model
+    assert abs(facts["mac_sparsity"] - partner) <= 0.02  # channel granularity
+    assert facts["macs_per_image"] < 0.35 * 555_422_720  # the full CIFAR ResNet-18's MACs per image

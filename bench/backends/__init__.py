@@ -52,6 +52,8 @@ class Backend:
     description: str = ""
     default: bool = True  # part of the default ``pytest bench`` run (False: only when asked for by name)
     dense: bool = False  # computes every weight, zero or not: a baseline the sparse backends are measured against
+    check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str], None] | None = None  # own parity criterion
+    # (got, expected, other, what), raising ParityError; None: atol/rtol (INT8 cannot meet fp32's tolerances)
 
 
 # name -> "module:attribute" of a Backend; add a line here for each backend.
@@ -59,6 +61,7 @@ BACKENDS: dict[str, str] = {
     "torch-dense": "bench.backends.torch_dense:BACKEND",
     "torch-sparse": "bench.backends.torch_sparse:BACKEND",
     "onnxruntime": "bench.backends.onnxruntime:BACKEND",
+    "onnxruntime-int8": "bench.backends.onnxruntime_int8:BACKEND",
     "sparse-direct": "bench.backends.sparse_direct:BACKEND",
     "sparse-direct-kernels": "bench.backends.sparse_direct:KERNELS_ONLY",
     "torch-dense-folded": "bench.backends.torch_folded:BACKEND",
