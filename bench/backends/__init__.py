@@ -52,6 +52,7 @@ class Backend:
     description: str = ""
     default: bool = True  # part of the default ``pytest bench`` run (False: only when asked for by name)
     dense: bool = False  # computes every weight, zero or not: a baseline the sparse backends are measured against
+    sparse: bool = False  # skips zero weights: nothing to gain on a model without zeros (channel-pruned, say)
     check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str], None] | None = None  # own parity criterion
     # (got, expected, other, what), raising ParityError; None: atol/rtol (INT8 cannot meet fp32's tolerances)
 

@@ -152,6 +152,7 @@ def _prepare_stand_in(model, example, device, threads) -> Prepared:
 
 DEEPSPARSE = Backend(
     name="deepsparse",
+    sparse=True,
     devices=("cpu",),
     prepare=_prepare_deepsparse,
     unavailable=_deepsparse_unavailable,

@@ -135,6 +135,7 @@ def _backend(name: str, precision: str, kernel: str, default: bool, description:
         description=description,
         default=default,
         dense=kernel == "dense",
+        sparse=kernel != "dense",
     )
 
 

@@ -164,6 +164,7 @@ def _prepare_whole(model: nn.Module, example: torch.Tensor, device: str, threads
 
 BACKEND = Backend(
     name="sparse-direct",
+    sparse=True,
     devices=("cpu",),
     prepare=_prepare_whole,
     unavailable=_whole_unavailable,
@@ -175,6 +176,7 @@ BACKEND = Backend(
 
 KERNELS_ONLY = Backend(
     name=KERNELS_RAN,
+    sparse=True,
     devices=("cpu",),
     prepare=_prepare,
     unavailable=_unavailable,

@@ -166,6 +166,7 @@ def _prepare(model: nn.Module, example: torch.Tensor, device: str, threads: int)
 
 BACKEND = Backend(
     name="torch-sparse",
+    sparse=True,
     devices=("cpu", "cuda"),
     prepare=_prepare,
     unavailable=cuda_unavailable,

@@ -75,6 +75,7 @@ def _prepare(model: nn.Module, example: torch.Tensor, device: str, threads: int,
 
 def _backend(name: str, blocksize: int, default: bool) -> Backend:
     return Backend(
+        sparse=True,
         name=name,
         devices=("cpu", "cuda"),
         prepare=functools.partial(_prepare, blocksize=blocksize),
