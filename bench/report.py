@@ -55,6 +55,7 @@ class Case:
     weights: str  # "synthetic" or "checkpoint"
     dense: bool = False  # the backend computes every weight
     blocks: tuple[float, ...] = ()  # an A/B's block times in order (ms per image), paired with the other backends'
+    structure: str = "unstructured"  # "channel": whole filters removed, a smaller model that no zero is left in
 
     @property
     def ms_per_image(self) -> float:
@@ -130,6 +131,7 @@ def load_run(path: str | Path) -> Run:
                     weights=str(info.get("weights", "?")),
                     dense=bool(info.get("dense_backend", info["backend"] in KNOWN_DENSE)),
                     blocks=tuple(float(t) for t in info.get("blocks_ms_per_image") or ()),
+                    structure=str(info.get("structure") or "unstructured"),
                 )
             )
         except (KeyError, TypeError, ValueError):
@@ -184,7 +186,10 @@ def speedups(cases: list[Case]) -> dict[Case, Speedup]:
         best = low = high = None
         if base is not None:
             paired = by_key.get((c.model, base.backend, c.device, c.batch_size))
-            if c.blocks and paired is not None and len(paired.blocks) == len(c.blocks):
+            # paired block by block with the best dense backend on the same model, whose time does not depend
+            # on the zeros; a channel-pruned model is smaller, and is measured against the unpruned one
+            if (c.blocks and c.structure != "channel" and paired is not None
+                    and len(paired.blocks) == len(c.blocks)):
                 ratios = [b / x for b, x in zip(paired.blocks, c.blocks)]
                 best, low, high = statistics.median(ratios), min(ratios), max(ratios)
             else:

@@ -157,3 +157,19 @@ def test_several_runs_of_one_cpu_give_the_range_across_runs(tmp_path):
     fig = cells[(0.9, 0.7, "s90", "sparse-direct")]
     assert (fig.median, fig.low, fig.high, fig.spread) == (pytest.approx(2.5), 2.0, 4.0, "runs")
     assert "**2.50x** (2.00-4.00)" in report.answer_tables(runs)
+
+
+def test_a_dense_backend_on_a_channel_pruned_model_is_measured_against_the_unpruned_model(tmp_path):
+    dense = case("s00", "onnxruntime", 2.0, 0.0, 0.0)
+    smaller = case("channel-s90", "onnxruntime", 0.5, 0.0, 0.7)  # no zeros, 70% of the MACs removed
+    for c in (dense, smaller):
+        c["extra_info"]["dense_backend"] = True
+        c["extra_info"]["blocks_ms_per_image"] = [c["stats"]["median"] * 1e3] * 3
+    smaller["extra_info"]["structure"] = "channel"
+    int8 = case("channel-s90", "onnxruntime-int8", 0.25, 0.0, 0.7)
+    int8["extra_info"].update(structure="channel", blocks_ms_per_image=[250.0] * 3)
+    (cells,) = report.answer([report.load_run(run_file(tmp_path, "r.json", [dense, smaller, int8]))]).values()
+    assert cells[(0.0, 0.7, "channel-s90", "onnxruntime")].median == pytest.approx(4.0)
+    # not paired with onnxruntime on the smaller model: against the unpruned model, as every other cell
+    assert cells[(0.0, 0.7, "channel-s90", "onnxruntime-int8")].median == pytest.approx(8.0)
+    assert (0.0, 0.0, "s00", "onnxruntime") not in cells
