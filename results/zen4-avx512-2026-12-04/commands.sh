@@ -4,8 +4,7 @@ set -u
 PY=.venv/bin/python
 OUT=results/zen4-avx512-2026-12-04
 cd "$(dirname "$0")/../.."
-export PRUNEBENCH_CACHE=${PRUNEBENCH_CACHE:-/tmp/prunebench-cache}
-rm -rf $PRUNEBENCH_CACHE
+export PRUNEBENCH_CACHE=$(mktemp -d)  # an empty cache: every choice timed afresh
 for bs in 1 64; do
   echo "== bs $bs $(date +%T)"
   $PY -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 \
