@@ -304,12 +304,13 @@ class Figure:
     high: float
     spread: str  # what low-high range: "runs" (several runs), "block pairs" (one A/B) or "" (one suite run)
     base: str  # the best dense backend
+    structure: str = "unstructured"  # of the model: "channel" for a channel-pruned one
 
 
 def answer(runs: list[Run]) -> dict[tuple, dict[tuple, Figure]]:
     """(CPU kind, device, batch) -> (sparsity, mac_sparsity, model, backend) -> Figure, for every backend that
     is not dense, over every run of that CPU kind."""
-    per_run: dict[tuple, dict[tuple, list[tuple[Speedup, bool]]]] = {}
+    per_run: dict[tuple, dict[tuple, list[tuple[Speedup, str]]]] = {}
     for r in runs:
         for c, sp in speedups(r.cases).items():
             # a dense backend is the baseline, not an answer, except on a model with channels removed (smaller)
@@ -317,19 +318,20 @@ def answer(runs: list[Run]) -> dict[tuple, dict[tuple, Figure]]:
                 continue
             group = per_run.setdefault((r.device_kind(c.device), c.device, c.batch_size), {})
             key = (round(c.sparsity, 3), round(c.mac_sparsity, 3), c.model, c.backend)
-            group.setdefault(key, []).append((sp, r.interleaved))
+            group.setdefault(key, []).append((sp, c.structure))
     out: dict[tuple, dict[tuple, Figure]] = {}
     for group, cells in per_run.items():
         out[group] = {}
         for key, found in cells.items():
             values = [sp.best for sp, _ in found]
             if len(found) > 1:
-                fig = Figure(statistics.median(values), min(values), max(values), "runs", found[0][0].best_backend)
+                fig = Figure(statistics.median(values), min(values), max(values), "runs", found[0][0].best_backend,
+                             found[0][1])
             else:
-                sp, _ = found[0]
+                sp, structure = found[0]
                 paired = sp.best_low is not None
                 fig = Figure(sp.best, sp.best_low if paired else sp.best, sp.best_high if paired else sp.best,
-                             "block pairs" if paired else "", sp.best_backend)
+                             "block pairs" if paired else "", sp.best_backend, structure)
             out[group][key] = fig
     return out
 
@@ -397,7 +399,7 @@ def plot(runs: list[Run], path: Path) -> Path:
     own: dict[tuple, dict[str, list]] = {}
     for r in runs:
         for c, sp in speedups(r.cases).items():
-            if sp.own is not None:
+            if sp.own is not None and c.structure != "channel":  # the seed study's definition: zeros only
                 own.setdefault((r.device_kind(c.device), c.device, c.batch_size), {}).setdefault(c.backend, []).append(
                     (c.mac_sparsity * 100, sp.own))
     panels = list(groups) or list(own)
@@ -417,13 +419,16 @@ def plot(runs: list[Run], path: Path) -> Path:
         limit = sorted({(k[1] * 100, 1 / (1 - k[1]) if k[1] < 1 else math.inf) for k in cells})
         if limit:
             ax.plot(*zip(*limit), "k--", linewidth=0.8, label="limit 1/(1-s_mac)")
-        for backend in _ordered(k[3] for k in sorted(cells)):
+        series = _ordered((k[3], f.structure) for k, f in sorted(cells.items()))
+        for backend, structure in series:  # channel-pruned models: hollow marks, dashed, apart from the rest
             color = colors.setdefault(backend, f"C{len(colors) % 10}")
-            pts = sorted(((k[1] * 100, k[2]), f) for k, f in cells.items() if k[3] == backend)
+            pts = sorted(((k[1] * 100, k[2]), f) for k, f in cells.items() if k[3] == backend and f.structure == structure)
             xs = [x for (x, _), _ in pts]
             ys = [f.median for _, f in pts]
             err = [[f.median - f.low for _, f in pts], [f.high - f.median for _, f in pts]]
-            ax.errorbar(xs, ys, yerr=err, fmt="o-", color=color, capsize=3, label=backend)
+            channel = structure == "channel"
+            ax.errorbar(xs, ys, yerr=err, fmt="s--" if channel else "o-", color=color, capsize=3,
+                        mfc="white" if channel else color, label=f"{backend}, channel-pruned" if channel else backend)
         ax.axhline(1.0, color="grey", linewidth=0.8)
         bases = sorted({f.base for f in cells.values()})
         ax.set_yscale("log")
