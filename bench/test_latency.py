@@ -43,16 +43,18 @@ def rounds_for(call_s: float, timing) -> int:
     return int(min(timing.max_rounds, max(timing.min_rounds, wanted)))
 
 
-def test_latency(benchmark, bench_plan, bench_model: BenchModel, batch_size: int, backend_name: str, device: str):
+def test_latency(benchmark, bench_plan, bench_model: BenchModel, batch_size: int, backend_name: str, device: str,
+                 capsys):
     backend = get_backend(backend_name)
     what = f"{backend_name} on {device}, {bench_model.spec.id}, batch {batch_size}"
     if backend.sparse and bench_model.facts.get("structure") == "channel":
         pytest.skip(f"{what}: a channel-pruned model has no zero weights for a sparse backend to skip; "
                     "the dense backends time it")
     try:
-        prepared, (atol, rtol, tf32), max_abs_diff = prepare_checked(
-            backend, bench_model, batch_size, device, bench_plan.threads, what
-        )
+        with capsys.disabled():  # a backend that tunes for minutes (sparse-direct) shows its progress bar
+            prepared, (atol, rtol, tf32), max_abs_diff = prepare_checked(
+                backend, bench_model, batch_size, device, bench_plan.threads, what
+            )
     except NotApplicable as e:
         pytest.skip(f"{what}: {e}")
     except ParityError as e:

@@ -411,9 +411,8 @@ def run_channel_case(case, base_model, data, train, evals, study, header: dict, 
     import time
 
     from prune.checkpoint import save_checkpoint
-    from prune.models import ARCH
-    from prune.platform import provenance, resolve_device, set_seed
-    from prune.study import paired_time_per_image, write_atomic
+    from prune.platform import resolve_device, set_seed
+    from prune.study import case_meta, paired_time_per_image, write_atomic
     from prune.train import PruneSettings, evaluate
 
     start = time.perf_counter()
@@ -454,27 +453,7 @@ def run_channel_case(case, base_model, data, train, evals, study, header: dict, 
         "dataset": data.name,
         "checkpoint": case.checkpoint,
     }
-    meta = {
-        "arch": ARCH,  # replaced by channel_meta's
-        "dataset": data.name,
-        "dataset_note": data.note,
-        "method": case.method,
-        "strategy": case.strategy,
-        "target_sparsity": case.sparsity,
-        **channel_meta(outcome, channel),
-        "epochs": case.epochs,
-        "rounds": case.rounds,
-        "lr": train.lr,
-        "momentum": train.momentum,
-        "weight_decay": train.weight_decay,
-        "accuracy": accuracy,
-        "base_accuracy": base["accuracy"],
-        "base_checkpoint": base["checkpoint"],
-        "rounds_log": [{k: v for k, v in r.items() if k != "epochs"} for r in outcome.rounds],
-        "study": fingerprint,
-        "row": row,
-        "provenance": provenance(),
-    }
+    meta = case_meta(case, data, train, base, accuracy, outcome, fingerprint, row, **channel_meta(outcome, channel))
     save_checkpoint(ckpt, model, meta, force=True)  # reaching here means the file is absent or --force was given
     report = (
         f"# {case.name}: channel pruning\n\n"

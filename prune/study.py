@@ -587,6 +587,32 @@ def paired_time_per_image(base, pruned, device, evals: EvalSettings) -> tuple[fl
     return sum(base_s) / 2, sum(pruned_s) / 2
 
 
+def case_meta(case, data, train, base: dict, accuracy: float, outcome, fingerprint: dict, row: dict,
+              **specific) -> dict:
+    """What every case's checkpoint carries; ``specific``: the strategy's own facts (they may replace "arch")."""
+    return {
+        "arch": ARCH,
+        "dataset": data.name,
+        "dataset_note": data.note,
+        "method": case.method,
+        "strategy": case.strategy,
+        "target_sparsity": case.sparsity,
+        **specific,
+        "epochs": case.epochs,
+        "rounds": case.rounds,
+        "lr": train.lr,
+        "momentum": train.momentum,
+        "weight_decay": train.weight_decay,
+        "accuracy": accuracy,
+        "base_accuracy": base["accuracy"],
+        "base_checkpoint": base["checkpoint"],
+        "rounds_log": [{k: v for k, v in r.items() if k != "epochs"} for r in outcome.rounds],
+        "study": fingerprint,
+        "row": row,
+        "provenance": provenance(),
+    }
+
+
 def run_case(
     case: Case,
     base_model,
@@ -653,29 +679,9 @@ def run_case(
         "dataset": data.name,
         "checkpoint": case.checkpoint,
     }
-    meta = {
-        "arch": ARCH,
-        "dataset": data.name,
-        "dataset_note": data.note,
-        "method": case.method,
-        "strategy": case.strategy,
-        "target_sparsity": case.sparsity,
-        "achieved_sparsity": mask.sparsity,
-        "mac_weighted_sparsity": mac_weighted,
-        "include_downsample": study.include_downsample,
-        "epochs": case.epochs,
-        "rounds": case.rounds,
-        "lr": train.lr,
-        "momentum": train.momentum,
-        "weight_decay": train.weight_decay,
-        "accuracy": accuracy,
-        "base_accuracy": base["accuracy"],
-        "base_checkpoint": base["checkpoint"],
-        "rounds_log": [{k: v for k, v in r.items() if k != "epochs"} for r in outcome.rounds],
-        "study": fingerprint,
-        "row": row,
-        "provenance": provenance(),
-    }
+    meta = case_meta(case, data, train, base, accuracy, outcome, fingerprint, row,
+                     achieved_sparsity=mask.sparsity, mac_weighted_sparsity=mac_weighted,
+                     include_downsample=study.include_downsample)
     save_checkpoint(ckpt, model, meta, force=True)  # reaching here means the file is absent or --force was given
     report = (
         f"# {case.name}: per-layer sparsity\n\n"
