@@ -67,13 +67,24 @@ class BenchModel:
     model: nn.Module
     facts: dict  # extra_info entries: sparsity, MACs, nonzeros, file, accuracy...
     references: dict = dataclasses.field(default_factory=dict)  # (batch size, seed) -> dense CPU output
+    # normalised test images of the checkpoint's own data set, where it is here: a trained model answers
+    # nearly alike to every noise input, too alike for a check with INT8's tolerance to tell inputs apart
+    images: torch.Tensor | None = None
+
+    def example(self, batch_size: int, seed: int = 0) -> torch.Tensor:
+        """The input every backend gets: ``batch_size`` of the model's test images (seed ``s`` takes the s-th
+        run of them, wrapping round), or ``example_batch``'s seeded noise for a model without them."""
+        if self.images is None:
+            return example_batch(batch_size, seed)
+        index = (torch.arange(batch_size) + seed * batch_size) % self.images.shape[0]
+        return self.images[index].contiguous()
 
     def reference(self, batch_size: int, seed: int = 0) -> torch.Tensor:
-        """Dense fp32 PyTorch on the CPU on ``example_batch(batch_size, seed)``: what every backend must reproduce."""
+        """Dense fp32 PyTorch on the CPU on ``example(batch_size, seed)``: what every backend must reproduce."""
         key = (batch_size, seed)
         if key not in self.references:
             with torch.inference_mode():
-                self.references[key] = self.model(example_batch(batch_size, seed)).float()
+                self.references[key] = self.model(self.example(batch_size, seed)).float()
         return self.references[key]
 
 
@@ -240,7 +251,25 @@ def load(spec: ModelSpec) -> BenchModel:
     facts = model_facts(model, meta, spec)
     for layer in prunable_layers(model, include_downsample=True).values():
         layer.weight.requires_grad_(False)
-    return BenchModel(spec=spec, model=model, facts=facts)
+    images, facts["inputs"] = parity_images(meta.get("dataset"))
+    return BenchModel(spec=spec, model=model, facts=facts, images=images)
+
+
+PARITY_IMAGES = 128  # test images kept per checkpoint: two batches of 64, one for each parity input
+
+
+def parity_images(dataset: str | None) -> tuple[torch.Tensor | None, str]:
+    """The first ``PARITY_IMAGES`` test images of ``dataset``, normalised as for evaluation, and what the
+    inputs are; seeded noise where the model names no data set or its data is not on this machine."""
+    if dataset in (None, "", "synthetic"):
+        return None, "seeded N(0,1) noise"
+    from prune.data import DataSettings, load_data, normalize
+
+    try:
+        data = load_data(DataSettings(dataset=dataset, test_limit=PARITY_IMAGES))
+    except PruneBenchError as e:
+        return None, f"seeded N(0,1) noise ({dataset} is not here: {e})"
+    return normalize(data.test.images, data.mean, data.std).contiguous(), f"{len(data.test)} test images of {dataset}"
 
 
 def example_batch(batch_size: int, seed: int = 0, input_shape: tuple[int, ...] = INPUT_SHAPE) -> torch.Tensor:

@@ -57,11 +57,9 @@ def prepare_checked(backend, bench_model, batch_size: int, device: str, threads:
     error); a mismatch raises ``ParityError``. The parity call is the prepared
     function's first call, so it also warms it up.
     """
-    from bench.models import example_batch
-
     expected = bench_model.reference(batch_size, seed=0)
     other = bench_model.reference(batch_size, seed=1)  # a different input: proves the check is not trivial
-    prepared = backend.prepare(bench_model.model, example_batch(batch_size, seed=0), device, threads)
+    prepared = backend.prepare(bench_model.model, bench_model.example(batch_size, seed=0), device, threads)
     own = getattr(backend, "check", None)
     atol, rtol, tf32 = (None, None, False) if own else parity_tolerance(backend, device)
     with torch.inference_mode():

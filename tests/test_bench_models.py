@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -142,3 +144,32 @@ def test_synthetic_channel_model_matches_its_unstructured_partner_by_macs(one_th
     assert facts["structure"] == "channel" and facts["sparsity"] == 0.0  # no zeros: a smaller dense model
     assert abs(facts["mac_sparsity"] - partner) <= 0.02  # channel granularity
     assert facts["macs_per_image"] < 0.35 * 555_422_720  # the full CIFAR ResNet-18's MACs per image
+
+
+@pytest.mark.skipif(importlib.util.find_spec("foolbox") is None,
+                    reason="foolbox is not installed (pip install --no-deps foolbox==3.3.4; make install does it)")
+def test_a_checkpoint_is_checked_on_its_own_data_sets_images(tmp_path):
+    # foolbox's 20 real CIFAR-10 images: the pool wraps round, and each seed takes another run of it
+    save_checkpoint(tmp_path / "m.pt", resnet18_cifar(), {"dataset": "cifar10-samples"})
+    (spec,) = bench_models.checkpoint_specs(str(tmp_path / "m.pt"))
+    bm = bench_models.load(spec)
+    assert bm.facts["inputs"] == "20 test images of cifar10-samples" and bm.images.shape == (20, 3, 32, 32)
+    a, b = bm.example(16, seed=0), bm.example(16, seed=1)
+    torch.testing.assert_close(a[:4], bm.images[:4])
+    torch.testing.assert_close(b[:4], bm.images[16:20])
+    torch.testing.assert_close(b[4:8], bm.images[:4])  # wrapped round
+    torch.testing.assert_close(bm.reference(16, seed=1), bm.model(b).float())
+
+
+def test_without_its_data_set_a_checkpoint_is_checked_on_noise_and_says_why(tmp_path, monkeypatch):
+    import prune.data
+
+    def absent(settings):
+        raise PruneBenchError(f"no {settings.dataset} here")
+
+    monkeypatch.setattr(prune.data, "load_data", absent)
+    save_checkpoint(tmp_path / "m.pt", resnet18_cifar(), {"dataset": "fashion-mnist"})
+    (spec,) = bench_models.checkpoint_specs(str(tmp_path / "m.pt"))
+    bm = bench_models.load(spec)
+    assert bm.images is None and "no fashion-mnist here" in bm.facts["inputs"]
+    torch.testing.assert_close(bm.example(4, seed=1), bench_models.example_batch(4, seed=1))
