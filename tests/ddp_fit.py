@@ -1,6 +1,6 @@
 """Run under torchrun by tests/test_distributed.py: fine-tune a small pruned net, each rank saving what it holds.
 
-    python -m torch.distributed.run --nproc-per-node N tests/ddp_fit.py OUT [cpu|cuda]
+    python -m torch.distributed.run --nproc-per-node N -m tests.ddp_fit OUT [cpu|cuda]   # from the repository root
 
 Every rank writes OUT/rank<R>.pt (its weights and masks, by torch.save); all call save_checkpoint for
 OUT/model.pt (the masks made permanent), which only rank 0 writes; rank 0 writes OUT/history.json.
@@ -14,8 +14,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prune import distributed
 from prune.checkpoint import save_checkpoint

@@ -134,13 +134,12 @@ def world_of_one(monkeypatch):
 def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(tmp_path, world_of_one):
     """torchrun --nproc-per-node 2 (gloo): both ranks hold the same weights and masks, the sparsity is exact,
     and the loss of every step equals one process's to 1e-5 relative (the all-reduce sums in another order)."""
-    sys.path.insert(0, str(HERE))
-    import ddp_fit
+    from tests import ddp_fit
 
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir()
     one.mkdir()
-    done = _torchrun(2, HERE / "ddp_fit.py", two)
+    done = _torchrun(2, "-m", "tests.ddp_fit", two)
     assert done.returncode == 0, done.stderr[-2000:]
     ddp_fit.run(one)  # the same fine-tuning, one process, in this one
     ranks = [torch.load(two / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -227,7 +226,7 @@ def test_a_pruning_run_killed_in_its_second_round_resumes_there_with_its_masks(s
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: NCCL and cuda:LOCAL_RANK need one")
 def test_torchrun_on_cuda_uses_nccl_one_gpu_per_rank(tmp_path):
     n = min(2, torch.cuda.device_count())
-    done = _torchrun(n, HERE / "ddp_fit.py", tmp_path, "cuda")
+    done = _torchrun(n, "-m", "tests.ddp_fit", tmp_path, "cuda")
     assert done.returncode == 0, done.stderr[-2000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(n)]
     assert all(torch.equal(ranks[0][k], other[k]) for other in ranks[1:] for k in ranks[0])
