@@ -252,6 +252,10 @@ def load(spec: ModelSpec) -> BenchModel:
     for layer in prunable_layers(model, include_downsample=True).values():
         layer.weight.requires_grad_(False)
     images, facts["inputs"] = parity_images(meta.get("dataset"))
+    if images is not None:  # its training images calibrate INT8 (bench.backends.onnxruntime_int8)
+        from bench.backends.onnxruntime_int8 import CALIBRATION_DATASET
+
+        setattr(model, CALIBRATION_DATASET, meta["dataset"])
     return BenchModel(spec=spec, model=model, facts=facts, images=images)
 
 

@@ -1,9 +1,10 @@
 """ONNX Runtime INT8: the model quantized by ``exporters.quantize`` (static, QDQ, per-channel weights), on the CPU.
 
-Calibration here is on seeded N(0,1) noise, the suite's own input, since the
-suite's models need not come with data; latency does not depend on the
-calibrated ranges, accuracy does (``bench.accuracy`` measures INT8 top-1 with
-calibration on real images). Parity: INT8's own criterion (``check``), not
+Calibration is on the training images of the data set a checkpoint was trained
+on, where they are here (``bench.models`` names it on the model), else on seeded
+N(0,1) noise, the suite's own input for models without data; latency does not
+depend on the calibrated ranges, accuracy does (``bench.accuracy`` measures INT8
+top-1 with calibration on real images). Parity: INT8's own criterion (``check``), not
 fp32's atol/rtol. Quantized files are cached per process by the fp32 model's
 fingerprint, so batch sizes of one model share one.
 """
@@ -23,7 +24,10 @@ from bench.backends import Backend, Prepared
 from bench.backends.convmm import inference_copy
 from bench.backends.onnxruntime import cpu_prepared, fingerprint, session_options
 
-CALIBRATION_INPUTS = 64  # noise inputs that set the activation ranges
+CALIBRATION_INPUTS = 64  # inputs that set the activation ranges
+# a model may name the data set it was trained on (its training images then calibrate it, its test images check
+# it): noise ranges misquantize a trained model on real images (relative logit errors of 0.5-1)
+CALIBRATION_DATASET = "prunebench_calibration_dataset"
 HELD_OUT_INPUTS = 64  # others for the export's statistical check (median and worst relative error)
 
 _EXPORTS: dict[str, tuple[Path, dict]] = {}
@@ -42,7 +46,7 @@ def unavailable(device: str) -> str | None:
 
 def quantized(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[Path, dict]:
     """The model's verified INT8 file (made once per process) and its facts."""
-    from exporters.quantize import QuantizeSettings, export_int8, random_calibration
+    from exporters.quantize import QuantizeSettings, dataset_calibration, export_int8, random_calibration
 
     global _FOLDER
     key = f"{fingerprint(model)}-{'x'.join(map(str, input_shape))}"
@@ -50,8 +54,11 @@ def quantized(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[Path, dic
         if _FOLDER is None:
             _FOLDER = Path(tempfile.mkdtemp(prefix="prunebench-int8-"))
             atexit.register(shutil.rmtree, _FOLDER, True)
-        settings = QuantizeSettings(calibrate="random", calibration_images=CALIBRATION_INPUTS, parity_images=HELD_OUT_INPUTS)
-        calibration = random_calibration(CALIBRATION_INPUTS, HELD_OUT_INPUTS, input_shape=input_shape)
+        dataset = getattr(model, CALIBRATION_DATASET, None)  # set by bench.models for a trained checkpoint
+        settings = QuantizeSettings(calibrate=dataset or "random", calibration_images=CALIBRATION_INPUTS,
+                                    parity_images=HELD_OUT_INPUTS)
+        calibration = (dataset_calibration(dataset, CALIBRATION_INPUTS, HELD_OUT_INPUTS) if dataset else
+                       random_calibration(CALIBRATION_INPUTS, HELD_OUT_INPUTS, input_shape=input_shape))
         report = export_int8(model, _FOLDER / f"{key}.int8.onnx", settings, calibration, force=True)
         facts = {
             "precision": "int8",
