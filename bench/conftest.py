@@ -166,7 +166,7 @@ def bench_plan(request) -> BenchPlan:
 
 @pytest.fixture(scope="session")
 def model_cache() -> dict:
-    """Models built or loaded this session, by spec id (synthetic ones take seconds to prune and calibrate)."""
+    """Models built or loaded in this pytest run, by spec id (synthetic ones take seconds to prune and calibrate)."""
     return {}
 
 
