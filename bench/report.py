@@ -96,7 +96,10 @@ def _cpu_kind(data: dict) -> str:
     cpu = (data.get("machine_info") or {}).get("cpu") or {}
     name = info.get("cpu") or cpu.get("brand_raw") or (data.get("machine_info") or {}).get("processor") or "?"
     isa = info.get("cpu_isa") or (isa_of(cpu["flags"]) if isinstance(cpu.get("flags"), list) else None)
-    return f"{name} ({isa})" if isa else str(name)
+    # one brand string ("AMD EPYC") covers several generations: the family and model tell them apart
+    generation = f"family {cpu['family']} model {cpu['model']}" if cpu.get("family") is not None else None
+    detail = ", ".join(x for x in (isa, generation) if x)
+    return f"{name} ({detail})" if detail else str(name)
 
 
 def load_run(path: str | Path) -> Run:

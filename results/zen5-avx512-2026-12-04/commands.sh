@@ -1,8 +1,8 @@
 #!/bin/bash
-# The results page's Zen 4 runs: one interleaved A/B per batch size, DeepSparse and INT8 in the same run
+# The results page's Zen 5 runs: one interleaved A/B per batch size, DeepSparse and INT8 in the same run
 set -u
 PY=.venv/bin/python
-OUT=results/zen4-avx512-2026-12-04
+OUT=results/zen5-avx512-2026-12-04
 cd "$(dirname "$0")/../.."
 export PRUNEBENCH_CACHE=$(mktemp -d)  # an empty cache: every choice timed afresh
 for bs in 1 64; do
