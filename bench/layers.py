@@ -229,7 +229,8 @@ def format_roofline(p: Profile) -> list[str]:
     lines = [
         "",
         f"Roofline, {p.threads} thread(s) per layer: this CPU's peaks, measured now: {roof.gmacs:.1f} GMAC/s fp32 "
-        f"(torch's matmul, the best of 256 and 1024 square), copy {roof.l2_gbs:.0f} GB/s within L2 ({roof.l2_bytes >> 10} KiB) and "
+        f"(torch's matmul, the best of 256 and 1024 square), copy {roof.l2_gbs:.0f} GB/s within L2 "
+        f"({roof.l2_bytes >> 10} KiB) and "
         f"{roof.mem_gbs:.0f} GB/s from memory. A conv's roof is the lower of the compute peak and its nonzero "
         "multiply-adds per byte times the bandwidth of the level its bytes fit in (packed weights, input, output "
         "and residual, each moved once per call). A share above 100% means the layer outran torch's matmul here: "
