@@ -9,6 +9,30 @@ from torch import nn
 from prune.data import DataSettings, load_data
 
 
+def kernel_isas() -> list[str]:
+    """The selected build of the sparse kernels (``PRUNEBENCH_ISA``), and the AVX2 one too where the selected
+    one is wider: on an AVX-512 CPU the kernel tests run against both."""
+    from bench.kernels import build
+
+    selected = build.selected_isa()
+    wider = build.widest(selected) == "avx512" and "avx2" in build.cpu_isas()
+    return [selected, "avx2"] if wider else [selected]
+
+
+@pytest.fixture(scope="module", params=kernel_isas())
+def isa(request):
+    """The module's tests run with the kernels of this instruction set (built once, cached on disk); a module
+    asks for it with ``pytestmark = pytest.mark.usefixtures("isa")``."""
+    from bench import kernels as K
+    from bench.kernels import build
+
+    with build.using(request.param):
+        reason = K.unavailable()
+        if reason:
+            pytest.skip(reason)
+        yield request.param
+
+
 @pytest.fixture
 def one_thread():
     """Run torch on one intra-op thread for the test.

@@ -24,22 +24,7 @@ from bench.kernels import (
 )
 
 
-def kernel_isas() -> list[str]:
-    """The selected build (``PRUNEBENCH_ISA``), and the AVX2 one too where the selected one is wider: on an
-    AVX-512 CPU every kernel test runs against both."""
-    selected = build.selected_isa()
-    wider = build.widest(selected) == "avx512" and "avx2" in build.cpu_isas()
-    return [selected, "avx2"] if wider else [selected]
-
-
-@pytest.fixture(scope="module", autouse=True, params=kernel_isas())
-def isa(request):
-    """Each test of the module runs with the kernels of this instruction set (built once, cached on disk)."""
-    with build.using(request.param):
-        reason = K.unavailable()
-        if reason:
-            pytest.skip(reason)
-        yield request.param
+pytestmark = pytest.mark.usefixtures("isa")  # every test under each instruction set (tests/conftest.py)
 
 
 VARIANTS = [Variant("sparse" if r == 1 else "grouped", r, v) for r, v in KERNELS] + [

@@ -9,23 +9,14 @@ import torch
 from torch import fx, nn
 from torchvision.models.resnet import BasicBlock
 
-from bench import kernels as K
 from bench.backends import get_backend
 from bench.fold import fold_batchnorm
 from bench.kernels import build
 from bench.kernels.engine import EngineSettings, candidates, compile_model
 from prune.errors import PruneBenchError
-from tests.test_kernels import kernel_isas
 
 
-@pytest.fixture(scope="module", autouse=True, params=kernel_isas())
-def isa(request):
-    """Each test of the module runs with the kernels of this instruction set (see tests.test_kernels)."""
-    with build.using(request.param):
-        reason = K.unavailable()
-        if reason:
-            pytest.skip(reason)
-        yield request.param
+pytestmark = pytest.mark.usefixtures("isa")  # every test under each instruction set (tests/conftest.py)
 
 
 class TinyResNet(nn.Module):
