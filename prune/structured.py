@@ -412,7 +412,7 @@ def run_channel_case(case, base_model, data, train, evals, study, header: dict, 
 
     from prune.checkpoint import save_checkpoint
     from prune.platform import resolve_device, set_seed
-    from prune.study import case_meta, paired_time_per_image, write_atomic
+    from prune.study import case_meta, case_row, paired_time_per_image, write_atomic
     from prune.train import PruneSettings, evaluate
 
     start = time.perf_counter()
@@ -428,31 +428,13 @@ def run_channel_case(case, base_model, data, train, evals, study, header: dict, 
     base_seconds, seconds = paired_time_per_image(base_model, model, device, evals)
     model.to("cpu")
     base = header["base"]
-    row = {
-        "case": case.name,
-        "method": case.method,
-        "strategy": case.strategy,
-        "target_sparsity": case.sparsity,
+    row = case_row(case, data, train, header, accuracy, loss, base_seconds, seconds, start, {
         "achieved_sparsity": outcome.mac_fraction,
         "pruned_weights": outcome.reference_params - parameter_count(model),
         "prunable_weights": outcome.reference_params,
         "mac_weighted_sparsity": outcome.mac_fraction,
         "param_fraction_removed": outcome.param_fraction,
-        "epochs": case.epochs,
-        "rounds": case.rounds,
-        "lr": train.lr,
-        "accuracy": accuracy,
-        "loss": loss,
-        "base_accuracy": base["accuracy"],
-        "accuracy_drop": base["accuracy"] - accuracy,
-        "time_per_image_ms": seconds * 1e3,
-        "base_time_per_image_ms": base_seconds * 1e3,
-        "speedup": base_seconds / seconds,
-        "wall_s": time.perf_counter() - start,
-        "device": header["device"],
-        "dataset": data.name,
-        "checkpoint": case.checkpoint,
-    }
+    })
     meta = case_meta(case, data, train, base, accuracy, outcome, fingerprint, row, **channel_meta(outcome, channel))
     save_checkpoint(ckpt, model, meta, force=True)  # reaching here means the file is absent or --force was given
     report = (

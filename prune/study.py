@@ -587,6 +587,33 @@ def paired_time_per_image(base, pruned, device, evals: EvalSettings) -> tuple[fl
     return sum(base_s) / 2, sum(pruned_s) / 2
 
 
+def case_row(case, data, train, header: dict, accuracy: float, loss: float, base_seconds: float, seconds: float,
+             start: float, sparsity: dict) -> dict:
+    """A case's row of the results table; ``sparsity``: what the strategy achieved (its own keys, in order)."""
+    base = header["base"]
+    return {
+        "case": case.name,
+        "method": case.method,
+        "strategy": case.strategy,
+        "target_sparsity": case.sparsity,
+        **sparsity,
+        "epochs": case.epochs,
+        "rounds": case.rounds,
+        "lr": train.lr,
+        "accuracy": accuracy,
+        "loss": loss,
+        "base_accuracy": base["accuracy"],
+        "accuracy_drop": base["accuracy"] - accuracy,
+        "time_per_image_ms": seconds * 1e3,
+        "base_time_per_image_ms": base_seconds * 1e3,
+        "speedup": base_seconds / seconds,
+        "wall_s": time.perf_counter() - start,
+        "device": header["device"],
+        "dataset": data.name,
+        "checkpoint": case.checkpoint,
+    }
+
+
 def case_meta(case, data, train, base: dict, accuracy: float, outcome, fingerprint: dict, row: dict,
               **specific) -> dict:
     """What every case's checkpoint carries; ``specific``: the strategy's own facts (they may replace "arch")."""
@@ -655,30 +682,9 @@ def run_case(
     mask = outcome.mask
     mac_weighted = mask.mac_weighted_sparsity(macs)
     base = header["base"]
-    row = {
-        "case": case.name,
-        "method": case.method,
-        "strategy": case.strategy,
-        "target_sparsity": case.sparsity,
-        "achieved_sparsity": mask.sparsity,
-        "pruned_weights": mask.zeros,
-        "prunable_weights": mask.numel,
-        "mac_weighted_sparsity": mac_weighted,
-        "epochs": case.epochs,
-        "rounds": case.rounds,
-        "lr": train.lr,
-        "accuracy": accuracy,
-        "loss": loss,
-        "base_accuracy": base["accuracy"],
-        "accuracy_drop": base["accuracy"] - accuracy,
-        "time_per_image_ms": seconds * 1e3,
-        "base_time_per_image_ms": base_seconds * 1e3,
-        "speedup": base_seconds / seconds,
-        "wall_s": time.perf_counter() - start,
-        "device": header["device"],
-        "dataset": data.name,
-        "checkpoint": case.checkpoint,
-    }
+    row = case_row(case, data, train, header, accuracy, loss, base_seconds, seconds, start,
+                   {"achieved_sparsity": mask.sparsity, "pruned_weights": mask.zeros, "prunable_weights": mask.numel,
+                    "mac_weighted_sparsity": mac_weighted})
     meta = case_meta(case, data, train, base, accuracy, outcome, fingerprint, row,
                      achieved_sparsity=mask.sparsity, mac_weighted_sparsity=mac_weighted,
                      include_downsample=study.include_downsample)
