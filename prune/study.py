@@ -449,13 +449,9 @@ class StudyRun:
         return row
 
 
-def config_of(data_settings: DataSettings, train: TrainSettings, study: StudySettings) -> dict:
-    """What every process sharing a study folder must agree on (the cases each runs may differ)."""
+def fine_tuning_of(train: TrainSettings, study: StudySettings) -> dict:
+    """The settings every case's fine-tuning shares: what two studies must agree on to share a folder."""
     return {
-        "arch": ARCH,
-        "dataset": data_settings.dataset,
-        "train_limit": data_settings.train_limit,
-        "test_limit": data_settings.test_limit,
         "lr": train.lr,
         "momentum": train.momentum,
         "weight_decay": train.weight_decay,
@@ -463,6 +459,17 @@ def config_of(data_settings: DataSettings, train: TrainSettings, study: StudySet
         "batch_size": train.batch_size,
         "seed": train.seed,
         "include_downsample": study.include_downsample,
+    }
+
+
+def config_of(data_settings: DataSettings, train: TrainSettings, study: StudySettings) -> dict:
+    """What every process sharing a study folder must agree on (the cases each runs may differ)."""
+    return {
+        "arch": ARCH,
+        "dataset": data_settings.dataset,
+        "train_limit": data_settings.train_limit,
+        "test_limit": data_settings.test_limit,
+        **fine_tuning_of(train, study),
         "base": study.base,  # as given (empty: OUT/resnet18_base.pt), so that --out may be spelt differently
         "base_epochs": study.base_epochs,
         "base_lr": study.base_lr,
@@ -507,13 +514,7 @@ def prepare_study(
         "train_images": len(data.train),
         "test_images": len(data.test),
         "base_sha256": file_sha256(study.base_path),
-        "lr": train.lr,
-        "momentum": train.momentum,
-        "weight_decay": train.weight_decay,
-        "schedule": train.schedule,
-        "batch_size": train.batch_size,
-        "seed": train.seed,
-        "include_downsample": study.include_downsample,
+        **fine_tuning_of(train, study),
     }
     results.check_settings(fingerprint, study.force)
 
