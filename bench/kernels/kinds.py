@@ -37,7 +37,7 @@ ROWS_V = (2, 4, 6, 8, 12)  # tiles compiled for the rows kernel
 COLS_V = (1, 2, 4)  # tiles compiled for the cols kernel
 COLS_MAX_POSITIONS = 1024  # the C++'s per-channel sum buffer
 COLS_MAX_BYTES = 384 * 1024  # the gathered taps must stay in L2 while every output channel reads them
-PANEL_TILES = ((2, 2), (2, 3), (2, 4), (4, 1), (4, 4), (4, 6))  # (R, V) compiled for the panel kernel
+PANEL_TILES = ((2, 2), (2, 3), (2, 4), (4, 1), (4, 2), (4, 4), (4, 6))  # (R, V) compiled for the panel kernel
 STACK_TILES = ((2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (8, 1), (2, 2), (4, 2), (6, 2))  # (rows, V) compiled
 
 

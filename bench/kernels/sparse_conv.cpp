@@ -716,7 +716,7 @@ void conv_panel(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t 
                                  ptr<const int32_t*>(src), ptr<const float*>(val), ptr<const float*>(bias),        \
                                  ptr<const float*>(res), rstride, ptr<const float*>(mask), relu, tile_major,       \
                                  nthreads);
-    PB_CALL(2, 2) PB_CALL(2, 3) PB_CALL(2, 4) PB_CALL(4, 1) PB_CALL(4, 4) PB_CALL(4, 6)
+    PB_CALL(2, 2) PB_CALL(2, 3) PB_CALL(2, 4) PB_CALL(4, 1) PB_CALL(4, 2) PB_CALL(4, 4) PB_CALL(4, 6)
 #undef PB_CALL
     throw std::invalid_argument("sparse_conv: no panel kernel for this (R, V)");
 }
