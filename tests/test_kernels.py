@@ -12,9 +12,11 @@ from bench import kernels as K
 from bench.kernels import build
 from bench.kernels import (
     KERNELS,
+    PANEL_TILES,
     ROWS_V,
     Act,
     ConvGeometry,
+    PackedPanels,
     PackedRows,
     PackedWeights,
     Variant,
@@ -34,7 +36,7 @@ VARIANTS = [Variant("sparse" if r == 1 else "grouped", r, v) for r, v in KERNELS
     Variant("sparse", 1, 8, chunk=2, tiles=True),
     Variant("dense", 8, 3, block=40, chunk=3, tiles=True),
     Variant("torch"),
-]
+] + [Variant("panel", r, v) for r, v in PANEL_TILES] + [Variant("panel", 4, 4, block=40, chunk=2, tiles=True)]
 # the rows kernel: stride-1 3-wide convolutions of 16 images
 ROWS = [Variant("rows", 1, v) for v in ROWS_V] + [Variant("rows", 1, 6, chunk=3, tiles=True),
                                                   Variant("rows", 1, 4, block=64, chunk=2)]
@@ -194,6 +196,71 @@ def test_rows_kernel_matches_conv2d_on_random_shapes(cin, cout, h, w, sparsity, 
     torch.testing.assert_close(got, expected.relu(), atol=1e-4, rtol=1e-4)
 
 
+def test_panel_packing_by_hand():
+    # two output channels (one group of R = 2), two input channels; columns (input channel, tap) by pattern:
+    # (0, tap 0) both channels (pattern 3), (0, tap 8) channel 1 only (pattern 2), (1, tap 4) channel 0 only (1)
+    w = torch.zeros(2, 2, 3, 3)
+    w[0, 0, 0, 0], w[1, 0, 0, 0], w[1, 0, 2, 2], w[0, 1, 1, 1] = 1.0, 2.0, 3.0, 4.0
+    geom = ConvGeometry.make(Act(2, 5, 5, 16, 1), 2, (3, 3), 1, 1, 1)
+    off = geom.tap_offsets()
+    p = PackedPanels.pack(w, None, off, 2)
+    assert p.pptr.tolist() == [[0, 0, 1, 2, 3]]  # pattern p's entries are [pptr[p], pptr[p + 1])
+    assert p.vptr.tolist() == [[0, 0, 1, 2]]  # popcount(p) values per entry
+    assert p.src.tolist() == [off[1, 1, 1], off[0, 2, 2], off[0, 0, 0]]
+    assert p.val.tolist() == [4.0, 3.0, 1.0, 2.0]  # each column's weights in channel order, no zeros filled in
+    # input chunks of one channel: the group's entries split by the channel they read
+    c = PackedPanels.pack(w, None, off, 2, chunk=1)
+    assert c.nchunks == 2 and c.pptr.tolist() == [[0, 0, 0, 1, 2], [2, 2, 3, 3, 3]]
+    assert c.src.tolist() == [off[0, 2, 2], off[0, 0, 0], off[1, 1, 1]]
+    # a last, partial group of R = 4 (three channels): the missing channel adds no bit
+    torch.manual_seed(4)
+    big = torch.randn(7, 16, 3, 3) * (torch.rand(7, 16, 3, 3) > 0.7)
+    packed = PackedPanels.pack(big, None, ConvGeometry.make(Act(16, 6, 6, 16, 1), 7, (3, 3), 1, 1, 1).tap_offsets(), 4)
+    assert packed.val.numel() == int((big != 0).sum())  # every nonzero once
+    assert packed.pptr.shape == (2, 17)
+    assert packed.pptr[1, 8] == packed.pptr[1, 16]  # the second group's patterns use only the low three bits
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.sampled_from([1, 16]),
+    cin=st.integers(1, 9),
+    cout=st.integers(1, 11),
+    hw=st.integers(1, 7),
+    k=st.sampled_from([1, 3]),
+    stride=st.integers(1, 2),
+    sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]),
+    tile=st.sampled_from(PANEL_TILES),
+    chunk=st.integers(0, 4),
+    tiles=st.booleans(),
+    residual=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_panel_kernel_matches_conv2d_on_random_shapes(n, cin, cout, hw, k, stride, sparsity, tile, chunk, tiles,
+                                                      residual, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, hw, hw, generator=g)
+    weight = torch.randn(cout, cin, k, k, generator=g) * (torch.rand(cout, cin, k, k, generator=g) >= sparsity)
+    bias = torch.randn(cout, generator=g)
+    expected = F.conv2d(x, weight, bias, stride=stride, padding=k // 2)
+    res = torch.randn(expected.shape, generator=g) if residual else None
+    if res is not None:
+        expected = expected + res
+    variant = Variant("panel", *tile, chunk=chunk, tiles=tiles)
+    got = sparse_conv2d(x, weight, bias, stride=stride, padding=k // 2, residual=res, relu=True, variant=variant,
+                        threads=2)
+    torch.testing.assert_close(got, expected.relu(), atol=1e-4, rtol=1e-4)
+
+
+def test_panel_kernel_is_offered_for_one_picture_with_weights_to_share():
+    one = ConvGeometry.make(Act(64, 32, 32, 1, 1), 64, (3, 3), 1, 1, 1)
+    batch = ConvGeometry.make(Act(64, 32, 32, 16, 1), 64, (3, 3), 1, 1, 1)
+    offered = [v for v in K.candidate_variants(one, 0.5, threads=2) if v.kind == "panel"]
+    assert offered and all(not v.tiles and (v.R, v.V) in PANEL_TILES for v in offered)  # threads split the groups
+    assert not [v for v in K.candidate_variants(batch, 0.5, threads=2) if v.kind == "panel"]
+    assert not [v for v in K.candidate_variants(one, 0.02, threads=2) if v.kind == "panel"]
+
+
 # the cols kernel: one picture whose output plane is whole vectors (16, 32, 64 positions)
 COLS = [Variant("cols", 1, v) for v in K.COLS_V]
 
@@ -349,7 +416,9 @@ def test_candidates_are_all_compiled(n, c, hw, density):
 
 @pytest.mark.parametrize("variant", [Variant("sparse", 1, 4), Variant("sparse", 1, 16, block=64, chunk=3),
                                      Variant("dense", 8, 3, chunk=4), Variant("grouped", 4, 2, block=200),
-                                     Variant("sparse", 1, 4, block=100, chunk=2, tiles=True), *ROWS], ids=str)
+                                     Variant("sparse", 1, 4, block=100, chunk=2, tiles=True), *ROWS,
+                                     Variant("panel", 4, 6, block=200, chunk=3, tiles=True), Variant("panel", 2, 3)],
+                         ids=str)
 @pytest.mark.parametrize("stride", [1, 2])
 def test_sixteen_images_skip_the_wrap_around(variant, stride):
     if variant.kind == "rows" and stride != 1:
@@ -442,6 +511,9 @@ def test_register_budget_of_the_tiles():
     # the stack kernel: R x V accumulators, one input, a column's 3 weights (2 vectors' worth on AVX2)
     assert {t for t in K.STACK_TILES if K.fits_registers("stack", *t, 8)} == {(2, 1), (3, 1), (4, 1), (5, 1), (2, 2)}
     assert all(K.fits_registers("stack", *t, 32) for t in K.STACK_TILES)
+    # the panel kernel: R x V accumulators, one input, a pattern's R weights (two per ymm pair on AVX2)
+    assert {t for t in PANEL_TILES if K.fits_registers("panel", *t, 8)} == {(2, 2), (2, 3), (4, 1)}
+    assert all(K.fits_registers("panel", *t, 32) for t in PANEL_TILES)
     assert K.vector_registers() in (8, 32)
 
 
@@ -453,7 +525,7 @@ def test_only_tiles_that_fit_are_offered(regs, n, hw, density):
     variants = K.candidate_variants(geom, density, threads=2, everything=True, regs=regs)
     assert any(v.kind in ("dense", "torch") for v in variants)
     for v in variants:
-        if v.kind in ("sparse", "grouped", "dense", "rows", "stack"):
+        if v.kind in ("sparse", "grouped", "dense", "rows", "stack", "panel"):
             assert v.V == 1 or K.fits_registers(v.kind, v.R, v.V, regs), str(v)
 
 

@@ -9,7 +9,8 @@ section of ``sparse_conv.cpp``.
 
 The kinds: "sparse" (each output channel's nonzeros, a tile of V vectors in registers;
 after Elsen et al. 2020, "Fast Sparse ConvNets"), "rows" (16 images: the 2-3 nonzero taps
-of a kernel row share the vectors they load), "cols" (one small picture over its gathered
+of a kernel row share the vectors they load), "panel" (R output channels in registers, each
+input column loaded once for all of them that read it; after Wilkinson et al. 2023), "cols" (one small picture over its gathered
 taps), "stack" (one picture whose rows are whole vectors: a kernel column's taps share
 their loads across R output rows), "grouped" (R channels share the union of their
 patterns), "dense" (every weight, R channels x V vectors per tile), "channels" (every
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from bench.kernels.build import kernel_module, vector_registers
 from bench.kernels.layout import VEC, ConvGeometry
-from bench.kernels.pack import PackedRows, PackedWeights, dense_nbytes
+from bench.kernels.pack import PackedPanels, PackedRows, PackedWeights, dense_nbytes
 from prune.errors import PruneBenchError
 
 # (R, V) pairs compiled into the extension's ``conv``: R output channels share a pattern, V vectors per tile
@@ -37,6 +38,7 @@ ROWS_V = (2, 4, 6, 8, 12)  # tiles compiled for the rows kernel
 COLS_V = (1, 2, 4)  # tiles compiled for the cols kernel
 COLS_MAX_POSITIONS = 1024  # the C++'s per-channel sum buffer
 COLS_MAX_BYTES = 384 * 1024  # the gathered taps must stay in L2 while every output channel reads them
+PANEL_TILES = ((2, 2), (2, 3), (2, 4), (4, 1), (4, 4), (4, 6))  # (R, V) compiled for the panel kernel
 STACK_TILES = ((2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (8, 1), (2, 2), (4, 2), (6, 2))  # (rows, V) compiled
 
 
@@ -254,6 +256,42 @@ class Rows(Kind):
         )
 
 
+class Panel(Kind):
+    name = "panel"
+    compiled = PANEL_TILES
+
+    def fits(self, R, V, regs):  # R x V accumulators, one input vector, a pattern's R weights (2 per ymm pair on AVX2)
+        return R * V + 1 + (R if regs >= 32 else -(-R // 2)) <= regs
+
+    def offer(self, o):
+        # One picture only: its activations sit in L2, where sharing loads across channels pays (1.3x per layer
+        # over the best other kind). At 16 images the 32x32 and 16x16 layers stream from L3 and whole engines
+        # gained nothing measurable. Where more than a few percent of weights are left: below that a column
+        # rarely serves two channels of a group. Channel-major order: one picture's plane is one position
+        # block, so threads split the groups.
+        if o.density <= 0.03 or o.batched:
+            return []
+        best = {}  # per R, the widest tile that fits
+        for r, v in PANEL_TILES:
+            if v <= o.vectors and self.fits(r, v, o.regs):
+                best[r] = max(best.get(r, 0), v)
+        return [Variant("panel", r, v, 0, c) for r, v in sorted(best.items()) for c in o.chunks]
+
+    def pack_key(self, v):
+        return ("panel", v.R, v.chunk)
+
+    def pack(self, weight, bias, geom, v):
+        return PackedPanels.pack(weight, bias, geom.tap_offsets(), v.R, v.chunk)
+
+    def bind(self, op, v, p):
+        t0, t1, block, row_pitch, row_len = _span(op, v)
+        return kernel_module().conv_panel, (
+            v.R, v.V, op.source.data_ptr(), op.out.data_ptr(), op.out.stride(0), p.cout, t0, t1, block, row_pitch,
+            row_len, p.pptr.data_ptr(), p.vptr.data_ptr(), p.nchunks, p.src.data_ptr(), p.val.data_ptr(),
+            p.bias.data_ptr(), *op.residual_args, op.mask.data_ptr(), op.relu, v.tiles, op.threads,
+        )
+
+
 def cols_fit(geom: ConvGeometry) -> bool:
     """Whether the cols kernel applies: one picture whose output plane is whole vectors (4x4, 8x8, ...) and
     whose gathered taps fit in L2 (``COLS_MAX_BYTES``)."""
@@ -453,7 +491,7 @@ class Torch(Kind):
 
 STACK = Stack()
 # in order of preference: the order each conv's candidates are listed and timed in
-KINDS: dict[str, Kind] = {k.name: k for k in (Sparse(), Rows(), Cols(), STACK, Grouped(), Dense(), Channels(), Torch())}
+KINDS: dict[str, Kind] = {k.name: k for k in (Sparse(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Channels(), Torch())}
 SPARSE_KINDS = tuple(name for name, k in KINDS.items() if k.skips_zeros)
 DENSE_KINDS = tuple(name for name, k in KINDS.items() if not k.skips_zeros)
 

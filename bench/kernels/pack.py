@@ -150,6 +150,67 @@ class PackedRows:
         return sum(t.numel() * t.element_size() for t in (self.rptr, self.vptr, self.src, self.val, self.bias))
 
 
+@dataclasses.dataclass
+class PackedPanels:
+    """Nonzeros of a convolution in groups of R output channels, for the "panel" kernel.
+
+    Each entry is one (input channel, tap) column where at least one of the group's R
+    channels has a nonzero; its pattern (bit r: channel r has one) picks the loop that
+    runs it, ``src`` is the column's input offset and ``val`` the pattern's weights in
+    channel order. Entries are sorted by (group, input chunk, pattern).
+    """
+
+    R: int
+    pptr: torch.Tensor  # (groups * chunks, 2^R + 1) int64: entries of pattern p are [pptr[s, p], pptr[s, p + 1])
+    vptr: torch.Tensor  # (groups * chunks, 2^R) int64: where pattern p's weights start in val
+    src: torch.Tensor  # (entries,) int32
+    val: torch.Tensor  # (weights,) float32: the nonzeros themselves, none filled in
+    bias: torch.Tensor  # (cout,) float32
+    cout: int
+    nchunks: int
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, R: int, chunk: int = 0):
+        cout, cin = weight.shape[:2]
+        k = weight[0].numel()
+        taps = k // cin
+        chunk = chunk if chunk and chunk < cin else cin
+        nchunks = -(-cin // chunk)
+        groups = -(-cout // R)
+        w = torch.zeros(groups * R, k)
+        w[:cout] = weight.detach().reshape(cout, k).float()
+        w = w.view(groups, R, k)
+        nz = w != 0
+        pattern = (nz.long() << torch.arange(R).view(1, R, 1)).sum(1)  # (groups, k)
+        g, col = (pattern > 0).nonzero(as_tuple=True)
+        pat = pattern[g, col]
+        seg = g * nchunks + (col // taps) // chunk
+        order = torch.argsort((seg * (1 << R) + pat) * k + col, stable=True)
+        g, col, pat, seg = g[order], col[order], pat[order], seg[order]
+        columns = w[g, :, col]  # (entries, R)
+        val = columns[nz[g, :, col]].contiguous()  # entry by entry, its channels in order
+        if offsets.numel() and int(offsets.max()) >= 2**31:
+            raise PruneBenchError("activation too large for the sparse kernel's 32-bit offsets: use a smaller batch")
+        src = offsets.reshape(k)[col].to(torch.int32).contiguous()
+        n = 1 << R
+        nseg = groups * nchunks
+        counts = torch.bincount(seg * n + pat, minlength=nseg * n)
+        width = torch.tensor([bin(p).count("1") for p in range(n)]).repeat(nseg)
+        flat = torch.zeros(nseg * n + 1, dtype=torch.int64)
+        flat[1:] = counts.cumsum(0)
+        vflat = torch.zeros(nseg * n + 1, dtype=torch.int64)
+        vflat[1:] = (counts * width).cumsum(0)
+        idx = torch.arange(nseg).view(-1, 1) * n
+        pptr = flat[idx + torch.arange(n + 1)].contiguous()
+        vptr = vflat[idx + torch.arange(n)].contiguous()
+        b = torch.zeros(cout) if bias is None else bias.detach().float().clone()
+        return cls(R, pptr, vptr, src, val, b.contiguous(), cout, nchunks)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.pptr, self.vptr, self.src, self.val, self.bias))
+
+
 def dense_nbytes(weight: torch.Tensor, bias_len: int) -> int:
     """Bytes of the same weights stored densely in fp32 (with the bias)."""
     return (weight.numel() + bias_len) * 4

@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 // ---- a small thread pool. A call is cut into units that threads take one at a time as they come free, so
@@ -160,6 +161,12 @@ static inline vf ld(const float* p) { return *(const vf*)p; }
 static inline void st(float* p, vf v) { *(vf*)p = v; }
 static inline vf bc(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 static inline vf relu0(vf y) { return y > 0 ? y : 0; }
+// x, held in a register: GCC otherwise folds a loaded vector back into each multiply-add that uses it as a
+// memory operand, loading it again for each (what the panel kernel exists to avoid)
+static inline vf pin(vf x) {
+    asm("" : "+v"(x));
+    return x;
+}
 #else
 typedef float vh __attribute__((vector_size(32), aligned(4)));
 struct vf {
@@ -187,6 +194,10 @@ static inline vf bc(float x) {
     return {h, h};
 }
 static inline vf relu0(vf y) { return {y.a > 0 ? y.a : 0, y.b > 0 ? y.b : 0}; }
+static inline vf pin(vf x) {
+    asm("" : "+x"(x.a), "+x"(x.b));
+    return x;
+}
 #endif
 
 // U independent accumulator sets hide the FMA latency when R * V is small (a 4x4 image is 1-2 vectors)
@@ -425,6 +436,104 @@ static void run_rows(const float* in, float* out, int64_t ostride, int64_t cout,
     });
 }
 
+// ---- "panel": R output channels x V vectors in registers, and each (input channel, tap) column that any of
+// them reads taken once, whichever of the R channels have a nonzero there (its pattern, 1 .. 2^R - 1): the
+// column's V input vectors are loaded once and multiplied into every channel of its pattern. At moderate
+// density a loaded input then serves about two multiply-adds, where one entry per weight loads it for each;
+// no zero weights are filled in, unlike "grouped". After Wilkinson et al. 2023, "Register Tiling for
+// Unstructured Sparsity in Neural Network Inference" (PLDI). Entries are sorted by (group, input chunk,
+// pattern), one branch-free loop per pattern; pptr[(g * nchunks + c) * (2^R + 1) + p] .. [+ 1]: the entries of
+// pattern p, vptr[(g * nchunks + c) * 2^R + p]: where their values start (popcount(p) per entry).
+template <int R, int V, int P>
+__attribute__((always_inline)) static inline void panel_entries(const float* in, vf (&acc)[R][V], int64_t t,
+                                                                const int32_t* src, const float* val, int64_t kb,
+                                                                int64_t ke) {
+    constexpr int NB = __builtin_popcount(P);
+    for (int64_t k = kb; k < ke; k++) {
+        const float* p = in + src[k] + t;
+        const float* w = val + (k - kb) * NB;
+        vf wj[NB];
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; j++) wj[j] = bc(w[j]);
+#pragma GCC unroll 16
+        for (int v = 0; v < V; v++) {
+            // one input vector live at a time, as in the rows kernel, loaded once for the channels it serves
+            const vf x = NB > 1 ? pin(ld(p + 16 * v)) : ld(p + 16 * v);
+            int j = 0;
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++)
+                if (P >> r & 1) acc[r][v] += wj[j++] * x;
+        }
+    }
+}
+
+template <int R, int V, int... Ps>
+__attribute__((always_inline)) static inline void panel_patterns(const float* in, vf (&acc)[R][V], int64_t t,
+                                                                 const int32_t* src, const float* val,
+                                                                 const int64_t* pp, const int64_t* vp,
+                                                                 std::integer_sequence<int, Ps...>) {
+    (panel_entries<R, V, Ps + 1>(in, acc, t, src, val + vp[Ps + 1], pp[Ps + 1], pp[Ps + 2]), ...);
+}
+
+template <int R, int V>
+static inline void panel_tile(const float* in, float* const* outp, int64_t t, const int32_t* src, const float* val,
+                              const int64_t* pp, const int64_t* vp, const float* bias, const float* const* resp,
+                              const float* mask, bool relu, int nr, bool first, bool last) {
+    vf acc[R][V];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < V; v++) acc[r][v] = first ? bc(bias[r]) : ld(outp[r] + t + 16 * v);
+    panel_patterns<R, V>(in, acc, t, src, val, pp, vp, std::make_integer_sequence<int, (1 << R) - 1>{});
+    for (int r = 0; r < nr; r++)
+        for (int v = 0; v < V; v++) {
+            vf y = acc[r][v];
+            if (last) {  // epilogue: residual add, ReLU, then the mask
+                if (resp) y += ld(resp[r] + t + 16 * v);
+                if (relu) y = relu0(y);
+                y *= ld(mask + t + 16 * v);
+            }
+            st(outp[r] + t + 16 * v, y);
+        }
+}
+
+template <int R, int V>
+static int64_t panel_tail(const float* in, float* const* outp, int64_t t, int64_t left, const int32_t* src,
+                          const float* val, const int64_t* pp, const int64_t* vp, const float* bias,
+                          const float* const* resp, const float* mask, bool relu, int nr, bool first, bool last) {
+    if constexpr (V > 1) {
+        if (left < V)
+            return panel_tail<R, V - 1>(in, outp, t, left, src, val, pp, vp, bias, resp, mask, relu, nr, first, last);
+    }
+    panel_tile<R, V>(in, outp, t, src, val, pp, vp, bias, resp, mask, relu, nr, first, last);
+    return V;
+}
+
+template <int R, int V>
+static void run_panel(const float* in, float* out, int64_t ostride, int64_t cout, const Span& sp, const int64_t* pptr,
+                      const int64_t* vptr, int64_t nchunks, const int32_t* src, const float* val, const float* bias,
+                      const float* res, int64_t rstride, const float* mask, bool relu, bool tile_major, int nthreads) {
+    constexpr int NP = 1 << R;
+    const int64_t ngroups = (cout + R - 1) / R;
+    drive(sp, ngroups, nchunks, tile_major, nthreads, [&](int64_t t, int64_t left, int64_t g, int64_t c, bool first,
+                                                         bool last) -> int64_t {
+        const int64_t s = g * nchunks + c;
+        const int64_t* pp = pptr + s * (NP + 1);
+        const int64_t step = std::min<int64_t>(V, left);
+        if (pp[0] == pp[NP] && !first && !last) return step;  // nothing to add from this chunk
+        const int nr = (int)std::min<int64_t>(R, cout - g * R);
+        float* outp[R];
+        const float* resp[R];
+        float bb[R];
+        for (int r = 0; r < R; r++) {
+            const int64_t co = g * R + std::min(r, nr - 1);
+            outp[r] = out + co * ostride;
+            resp[r] = res ? res + co * rstride : nullptr;
+            bb[r] = bias[co];
+        }
+        return panel_tail<R, V>(in, outp, t, left, src, val, pp, vptr + s * NP, bb, res ? resp : nullptr,
+                                mask, relu, nr, first, last);
+    });
+}
+
 // ---- "stack": one picture, the rows trick turned on its side. In one picture's layout the taps kx of a kernel
 // row are one float apart (no whole-vector shifts to share), but the taps ky = 0, 1, 2 of a kernel column are one
 // row (pitch) apart: a tile of RR output rows x V vectors loads each of its RR + 2 input rows once and multiplies
@@ -594,6 +703,23 @@ void conv_rows(int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, in
     throw std::invalid_argument("sparse_conv: no rows kernel for this V");
 }
 
+
+void conv_panel(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1,
+                int64_t block, int64_t row_pitch, int64_t row_len, int64_t pptr, int64_t vptr, int64_t nchunks,
+                int64_t src, int64_t val, int64_t bias, int64_t res, int64_t rstride, int64_t mask, bool relu,
+                bool tile_major, int nthreads) {
+    const Span sp{t0, t1, block, row_pitch, row_len};
+#define PB_CALL(RR, VV)                                                                                            \
+    if (R == RR && V == VV)                                                                                        \
+        return run_panel<RR, VV>(ptr<const float*>(in), ptr<float*>(out), ostride, cout, sp,                       \
+                                 ptr<const int64_t*>(pptr), ptr<const int64_t*>(vptr), nchunks,                    \
+                                 ptr<const int32_t*>(src), ptr<const float*>(val), ptr<const float*>(bias),        \
+                                 ptr<const float*>(res), rstride, ptr<const float*>(mask), relu, tile_major,       \
+                                 nthreads);
+    PB_CALL(2, 2) PB_CALL(2, 3) PB_CALL(2, 4) PB_CALL(4, 1) PB_CALL(4, 4) PB_CALL(4, 6)
+#undef PB_CALL
+    throw std::invalid_argument("sparse_conv: no panel kernel for this (R, V)");
+}
 
 void conv_stack(int RR, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t H,
                 int64_t W, int64_t pitch, int64_t rptr, int64_t vptr, int64_t nchunks, int64_t src, int64_t val,
@@ -857,6 +983,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("conv", &conv, release(), "sparse direct convolution over a flat zero-bordered layout (pointers as integers)");
     m.def("conv_rows", &conv_rows, release(), "sparse direct convolution with nonzeros grouped by kernel row");
     m.def("conv_cols", &conv_cols, release(), "sparse convolution of one small picture over its compact im2col");
+    m.def("conv_panel", &conv_panel, release(), "sparse convolution of R output channels sharing each input column's loads");
     m.def("conv_stack", &conv_stack, release(), "sparse convolution of one picture, a kernel column's taps sharing loads");
     m.def("conv_channels", &conv_channels, release(), "convolution with 16 output channels per vector (small images)");
     m.attr("vector_registers") = kVRegs;
