@@ -330,6 +330,27 @@ static void drive(const Span& sp, int64_t ngroups, int64_t nchunks, bool tile_ma
     });
 }
 
+// The R output channels of group g: where each writes and reads its residual, and its bias. A last, partial
+// group repeats its last channel in the missing places (nr of them are real; only those are stored).
+template <int R>
+struct Group {
+    float* out[R];
+    const float* res[R];
+    float bias[R];
+    int nr;
+    bool has_res;
+    Group(float* o, int64_t ostride, const float* r, int64_t rstride, const float* b, int64_t cout, int64_t g)
+        : nr((int)std::min<int64_t>(R, cout - g * R)), has_res(r != nullptr) {
+        for (int i = 0; i < R; i++) {
+            const int64_t co = g * R + std::min(i, nr - 1);
+            out[i] = o + co * ostride;
+            res[i] = r ? r + co * rstride : nullptr;
+            bias[i] = b[co];
+        }
+    }
+    const float* const* residual() const { return has_res ? res : nullptr; }
+};
+
 // cptr[g * (nchunks + 1) + c] .. [.. + c + 1]: group g's entries reading input-channel chunk c.
 template <int R, int V>
 static void run(const float* in, float* out, int64_t ostride, int64_t cout, const Span& sp, const int64_t* cptr,
@@ -341,22 +362,13 @@ static void run(const float* in, float* out, int64_t ostride, int64_t cout, cons
         const int64_t kb = cptr[g * (nchunks + 1) + c], ke = cptr[g * (nchunks + 1) + c + 1];
         const int64_t step = std::min<int64_t>(V, left);
         if (kb == ke && !first && !last) return step;  // nothing to add from this chunk
-        const int nr = (int)std::min<int64_t>(R, cout - g * R);
-        float* outp[R];
-        const float* resp[R];
-        float bb[R];
-        for (int r = 0; r < R; r++) {
-            const int64_t co = g * R + std::min(r, nr - 1);
-            outp[r] = out + co * ostride;
-            resp[r] = res ? res + co * rstride : nullptr;
-            bb[r] = bias[co];
-        }
-        const float* const* rp = res ? resp : nullptr;
+        const Group<R> gr(out, ostride, res, rstride, bias, cout, g);
         if (left >= V) {
-            tile<R, V>(in, outp, t, src, val, kb, ke, bb, rp, mask, relu, nr, first, last);
+            tile<R, V>(in, gr.out, t, src, val, kb, ke, gr.bias, gr.residual(), mask, relu, gr.nr, first, last);
             return V;
         }
-        return tail<R, V - 1 < 1 ? 1 : V - 1>(in, outp, t, left, src, val, kb, ke, bb, rp, mask, relu, nr, first, last);
+        return tail<R, V - 1 < 1 ? 1 : V - 1>(in, gr.out, t, left, src, val, kb, ke, gr.bias, gr.residual(), mask,
+                                              relu, gr.nr, first, last);
     });
 }
 
@@ -519,18 +531,9 @@ static void run_panel(const float* in, float* out, int64_t ostride, int64_t cout
         const int64_t* pp = pptr + s * (NP + 1);
         const int64_t step = std::min<int64_t>(V, left);
         if (pp[0] == pp[NP] && !first && !last) return step;  // nothing to add from this chunk
-        const int nr = (int)std::min<int64_t>(R, cout - g * R);
-        float* outp[R];
-        const float* resp[R];
-        float bb[R];
-        for (int r = 0; r < R; r++) {
-            const int64_t co = g * R + std::min(r, nr - 1);
-            outp[r] = out + co * ostride;
-            resp[r] = res ? res + co * rstride : nullptr;
-            bb[r] = bias[co];
-        }
-        return panel_tail<R, V>(in, outp, t, left, src, val, pp, vptr + s * NP, bb, res ? resp : nullptr,
-                                mask, relu, nr, first, last);
+        const Group<R> gr(out, ostride, res, rstride, bias, cout, g);
+        return panel_tail<R, V>(in, gr.out, t, left, src, val, pp, vptr + s * NP, gr.bias, gr.residual(), mask,
+                                relu, gr.nr, first, last);
     });
 }
 
