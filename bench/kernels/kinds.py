@@ -7,14 +7,15 @@ weights and whether a strided conv reads phase planes through it. ``KINDS`` list
 order of preference; the engine walks that list. Adding a kind: one object here and its
 section of ``sparse_conv.cpp``.
 
-The kinds: "sparse" (each output channel's nonzeros, a tile of V vectors in registers;
-after Elsen et al. 2020, "Fast Sparse ConvNets"), "rows" (16 images: the 2-3 nonzero taps
-of a kernel row share the vectors they load), "panel" (R output channels in registers, each
-input column loaded once for all of them that read it; after Wilkinson et al. 2023), "cols" (one small picture over its gathered
-taps), "stack" (one picture whose rows are whole vectors: a kernel column's taps share
-their loads across R output rows), "grouped" (R channels share the union of their
-patterns), "dense" (every weight, R channels x V vectors per tile), "channels" (every
-weight, 16 output channels per vector) and "torch" (torch's conv2d on a view of the layout).
+The kinds: "sparse" (each output channel's nonzeros, a tile of V vectors in registers; after
+Elsen et al. 2020, "Fast Sparse ConvNets"), "rows" (16 images: the 2-3 nonzero taps of a
+kernel row share the vectors they load), "panel" (one picture: R output channels in
+registers, each input column loaded once for all of them that read it; after Wilkinson et
+al. 2023), "cols" (one small picture over its gathered taps), "stack" (one picture whose
+rows are whole vectors: a kernel column's taps share their loads across R output rows),
+"grouped" (R channels share the union of their patterns), "dense" (every weight, R channels
+x V vectors per tile), "channels" (every weight, 16 output channels per vector) and "torch"
+(torch's conv2d on a view of the layout).
 """
 
 from __future__ import annotations
@@ -491,7 +492,9 @@ class Torch(Kind):
 
 STACK = Stack()
 # in order of preference: the order each conv's candidates are listed and timed in
-KINDS: dict[str, Kind] = {k.name: k for k in (Sparse(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Channels(), Torch())}
+KINDS: dict[str, Kind] = {
+    k.name: k for k in (Sparse(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Channels(), Torch())
+}
 SPARSE_KINDS = tuple(name for name, k in KINDS.items() if k.skips_zeros)
 DENSE_KINDS = tuple(name for name, k in KINDS.items() if not k.skips_zeros)
 

@@ -986,7 +986,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("conv", &conv, release(), "sparse direct convolution over a flat zero-bordered layout (pointers as integers)");
     m.def("conv_rows", &conv_rows, release(), "sparse direct convolution with nonzeros grouped by kernel row");
     m.def("conv_cols", &conv_cols, release(), "sparse convolution of one small picture over its compact im2col");
-    m.def("conv_panel", &conv_panel, release(), "sparse convolution of R output channels sharing each input column's loads");
+    m.def("conv_panel", &conv_panel, release(), "sparse convolution, R output channels sharing each input's loads");
     m.def("conv_stack", &conv_stack, release(), "sparse convolution of one picture, a kernel column's taps sharing loads");
     m.def("conv_channels", &conv_channels, release(), "convolution with 16 output channels per vector (small images)");
     m.attr("vector_registers") = kVRegs;
