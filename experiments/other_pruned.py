@@ -53,8 +53,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("out", help="folder for uniform-s90.pt and emptied-s90.pt")
     parser.add_argument("--force", action="store_true", help="overwrite the files if they exist")
     args = parser.parse_args(argv)
-    folder = Path(args.out)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(args.out)  # check_writable creates it, or says in one line why it cannot
     for name, make in (("uniform-s90", uniform), ("emptied-s90", emptied)):
         check_writable(folder / f"{name}.pt", args.force)  # before the work, not after
         model = make(0.9)
