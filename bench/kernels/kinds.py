@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from bench.kernels.build import kernel_module, vector_registers
 from bench.kernels.layout import VEC, ConvGeometry
-from bench.kernels.pack import PackedPanels, PackedRows, PackedWeights, dense_nbytes
+from bench.kernels.pack import PackedPanels, PackedRows, PackedWeights, PackedWinograd, dense_nbytes
 from prune.errors import PruneBenchError
 
 # (R, V) pairs compiled into the extension's ``conv``: R output channels share a pattern, V vectors per tile
@@ -40,6 +40,7 @@ COLS_V = (1, 2, 4)  # tiles compiled for the cols kernel
 COLS_MAX_POSITIONS = 1024  # the C++'s per-channel sum buffer
 COLS_MAX_BYTES = 384 * 1024  # the gathered taps must stay in L2 while every output channel reads them
 PANEL_TILES = ((2, 2), (2, 3), (2, 4), (4, 1), (4, 4), (4, 6))  # (R, V) compiled for the panel kernel
+WINO_TILES = ((4, 6), (4, 4), (2, 2), (1, 4), (6, 4), (8, 2), (3, 8))  # (R, V) compiled for the Winograd product
 STACK_TILES = ((2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (8, 1), (2, 2), (4, 2), (6, 2))  # (rows, V) compiled
 
 
@@ -490,10 +491,56 @@ class Torch(Kind):
         return dense_nbytes(op.weight, op.weight.shape[0])
 
 
+class Winograd(Kind):
+    """Every weight, as Winograd F(4x4, 3x3): 4x fewer multiply-adds than a direct dense conv, for 16 images."""
+
+    name = "winograd"
+    skips_zeros = False
+    compiled = WINO_TILES
+
+    def fits(self, R, V, regs):  # R x V accumulators, R broadcast weights, one input vector
+        return R * V + R + 1 <= regs
+
+    def applies(self, geom):
+        i, o = geom.inp, geom.out
+        return (geom.direct and geom.kernel == (3, 3) and geom.padding == 1 and i.N == VEC and i.H % 4 == 0
+                and i.W % 4 == 0 and i.B >= 1 and (o.H, o.W) == (i.H, i.W))
+
+    def offer(self, o):
+        # where a fifth or more of the weights are left: below that skipping zeros does fewer multiply-adds
+        if not self.applies(o.geom) or (o.density < 0.2 and not o.everything):
+            return []
+        tiles = [(r, v) for r, v in WINO_TILES if self.fits(r, v, o.regs)]
+        return [Variant("winograd", r, v) for r, v in tiles[:2]]
+
+    def check(self, geom, v):
+        super().check(geom, v)
+        if not self.applies(geom):
+            raise PruneBenchError("the winograd kernel takes a 3x3 stride-1 conv of 16 images on planes of 4x4 tiles")
+
+    def pack_key(self, v):
+        return ("winograd", v.R)
+
+    def pack(self, weight, bias, geom, v):
+        return PackedWinograd.pack(weight, bias, v.R)
+
+    def bind(self, op, v, p):
+        i, o = op.geom.inp, op.geom.out
+        blocks = -(-(i.H // 4) * (i.W // 4) // v.V)
+        units = kernel_module().wino_units(blocks, op.threads)
+        # per op, not with the packed weights: engines that share the weights run at the same time
+        scratch = torch.zeros(units, 36 * (i.C + p.cout) * v.V * VEC)
+        return kernel_module().conv_winograd, (
+            v.R, v.V, op.source.data_ptr(), op.source.stride(0), i.C, i.H, i.W, i.pitch, i.B, op.out.data_ptr(),
+            op.out.stride(0), p.cout, o.pitch, o.B, p.u.data_ptr(), p.bias.data_ptr(), *op.residual_args, op.relu,
+            op.hold(scratch), op.threads,
+        )
+
+
 STACK = Stack()
 # in order of preference: the order each conv's candidates are listed and timed in
 KINDS: dict[str, Kind] = {
-    k.name: k for k in (Sparse(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Channels(), Torch())
+    k.name: k for k in (Sparse(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Winograd(), Channels(), Torch())
 }
 SPARSE_KINDS = tuple(name for name, k in KINDS.items() if k.skips_zeros)
 DENSE_KINDS = tuple(name for name, k in KINDS.items() if not k.skips_zeros)

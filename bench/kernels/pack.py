@@ -211,6 +211,39 @@ class PackedPanels:
         return sum(t.numel() * t.element_size() for t in (self.pptr, self.vptr, self.src, self.val, self.bias))
 
 
+# Winograd F(4x4, 3x3) (Lavin and Gray 2016): U = G g G^T is a 3x3 kernel g transformed to the 6x6 tile
+WINO_G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                       [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
+
+
+@dataclasses.dataclass
+class PackedWinograd:
+    """A 3x3 convolution's weights transformed for Winograd F(4x4, 3x3), every weight kept (a dense method)."""
+
+    R: int
+    u: torch.Tensor  # (36, groups, Cin, R) float32: point xi's weight of output channel g * R + r for input ci
+    bias: torch.Tensor  # (Cout,) float32
+    cout: int
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, R: int) -> "PackedWinograd":
+        cout, cin, kh, kw = weight.shape
+        if (kh, kw) != (3, 3):
+            raise PruneBenchError(f"Winograd F(4x4, 3x3) takes 3x3 kernels, not {kh}x{kw}")
+        # in float64: the transform's fractions (1/6, 1/24) then round once, to the weights the kernel multiplies
+        u = torch.einsum("ik,ockl,jl->ijoc", WINO_G, weight.double(), WINO_G).reshape(36, cout, cin)
+        groups = -(-cout // R)
+        padded = torch.zeros(36, groups * R, cin, dtype=torch.float64)
+        padded[:, :cout] = u
+        u = padded.view(36, groups, R, cin).permute(0, 1, 3, 2).contiguous().float()
+        b = torch.zeros(cout) if bias is None else bias.detach().float().contiguous()
+        return cls(R, u, b, cout)
+
+    @property
+    def nbytes(self) -> int:
+        return self.u.numel() * 4 + self.bias.numel() * 4
+
+
 def dense_nbytes(weight: torch.Tensor, bias_len: int) -> int:
     """Bytes of the same weights stored densely in fp32 (with the bias)."""
     return (weight.numel() + bias_len) * 4

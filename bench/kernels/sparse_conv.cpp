@@ -179,6 +179,7 @@ static inline vf& operator+=(vf& x, vf y) {
     x.b += y.b;
     return x;
 }
+static inline vf operator-(vf x, vf y) { return {x.a - y.a, x.b - y.b}; }
 static inline vf& operator*=(vf& x, vf y) {
     x.a *= y.a;
     x.b *= y.b;
@@ -674,6 +675,126 @@ void phases(int64_t in, int64_t istride, int64_t C, int64_t rows, int64_t pitch,
 template <typename T>
 static T ptr(int64_t p) { return reinterpret_cast<T>(p); }
 
+// ---- "winograd": a dense 3x3 stride-1 convolution of 16 images as Winograd's F(4x4, 3x3) (Lavin and Gray 2016,
+// "Fast Algorithms for Convolutional Neural Networks"). Output tile y (4x4) of channel co is
+// A^T [sum_ci U[co, ci] (.) B^T d[ci] B] A, with d[ci] the 6x6 input tile and U = G g G^T the transformed kernel:
+// the multiply-adds become 36 matrix products (one per point xi of the 6x6 tile) of the Cout x Cin weights at xi
+// by the Cin x tiles inputs at xi, 4x fewer than a direct conv computes. Where a third or more of the weights are
+// left, that beats skipping the zeros one by one. With 16 images innermost, every tile element is one vector,
+// so both transforms are whole-vector adds. Scratch rows: vin[(xi * cin + ci) * sstride + tile * 16 + lane], vout
+// likewise over cout, each padded to whole tiles of the product's V (the padding stays zero).
+int64_t wino_units(int64_t blocks, int nthreads) {
+    return nthreads <= 1 ? 1 : std::min<int64_t>(blocks, 4 * nthreads);
+}
+
+static inline void wino_bt(const vf* d, int s, vf* o, int os) {  // B^T on d[0], d[s], ..., d[5s]
+    const vf d0 = d[0], d1 = d[s], d2 = d[2 * s], d3 = d[3 * s], d4 = d[4 * s], d5 = d[5 * s];
+    const vf two = bc(2.f), four = bc(4.f), five = bc(5.f);
+    o[0] = four * d0 - five * d2 + d4;
+    o[os] = d4 + d3 - four * (d1 + d2);
+    o[2 * os] = d4 - d3 + four * (d1 - d2);
+    o[3 * os] = d4 - d2 + two * (d3 - d1);
+    o[4 * os] = d4 - d2 - two * (d3 - d1);
+    o[5 * os] = four * d1 - five * d3 + d5;
+}
+
+static inline void wino_at(const vf* m, int s, vf* o, int os) {  // A^T on m[0], m[s], ..., m[5s]
+    const vf a = m[s] + m[2 * s], b = m[s] - m[2 * s], c = m[3 * s] + m[4 * s], d = m[3 * s] - m[4 * s];
+    o[0] = m[0] + a + c;
+    o[os] = b + bc(2.f) * d;
+    o[2 * os] = a + bc(4.f) * c;
+    o[3 * os] = b + bc(8.f) * d + m[5 * s];
+}
+
+// One block of V tiles at a time, start to end, in a scratch of its own (the unit's): the block's transformed
+// inputs vin[xi][ci][V x 16] and products vout[xi][co][V x 16], each row contiguous, so the product streams
+// through them in order and the transforms touch only the block.
+template <int R, int V>
+static void wino_run(const float* in, int64_t istride, int64_t cin, int64_t ty_n, int64_t tx_n, int64_t ipitch,
+                     int64_t iborder, float* out, int64_t ostride, int64_t cout, int64_t opitch, int64_t oborder,
+                     const float* u, const float* bias, const float* res, int64_t rstride, bool relu, float* scratch,
+                     int nthreads) {
+    constexpr int64_t BV = V * 16;  // floats per (point, channel) row of a block
+    const int64_t tiles = ty_n * tx_n, nblocks = (tiles + V - 1) / V, ngroups = (cout + R - 1) / R;
+    const int64_t units = wino_units(nblocks, nthreads), per_unit = 36 * (cin + cout) * BV;
+    pool().run(nthreads, units, [&](int64_t un) {
+        float* vin = scratch + un * per_unit;
+        float* vout = vin + 36 * cin * BV;
+        for (int64_t tb = nblocks * un / units; tb < nblocks * (un + 1) / units; tb++) {
+            const int ns = (int)std::min<int64_t>(V, tiles - tb * V);  // the last block's spare slots keep old values
+            for (int64_t ci = 0; ci < cin; ci++)
+                for (int sl = 0; sl < ns; sl++) {
+                    const int64_t T = tb * V + sl, ty = T / tx_n, tx = T % tx_n;
+                    // the tile's first input pixel is image (4 ty - 1, 4 tx - 1): in the border where outside
+                    const float* p = in + ci * istride + ((iborder + 4 * ty - 1) * ipitch + iborder + 4 * tx - 1) * 16;
+                    vf d[6][6], t[6][6];
+                    for (int i = 0; i < 6; i++)
+                        for (int j = 0; j < 6; j++) d[i][j] = ld(p + (i * ipitch + j) * 16);
+                    for (int j = 0; j < 6; j++) wino_bt(&d[0][j], 6, &t[0][j], 6);
+                    for (int i = 0; i < 6; i++) wino_bt(&t[i][0], 1, &d[i][0], 1);
+                    float* q = vin + ci * BV + sl * 16;
+                    for (int xi = 0; xi < 36; xi++) st(q + xi * cin * BV, d[xi / 6][xi % 6]);
+                }
+            for (int xi = 0; xi < 36; xi++) {
+                const float* x0 = vin + xi * cin * BV;
+                for (int64_t g = 0; g < ngroups; g++) {
+                    const float* w = u + (xi * ngroups + g) * cin * R;
+                    vf acc[R][V];
+                    for (int r = 0; r < R; r++)
+                        for (int v = 0; v < V; v++) acc[r][v] = bc(0.f);
+                    for (int64_t ci = 0; ci < cin; ci++) {
+                        vf wr[R];
+                        for (int r = 0; r < R; r++) wr[r] = bc(w[ci * R + r]);
+#pragma GCC unroll 16
+                        for (int v = 0; v < V; v++) {
+                            const vf x = R > 1 ? pin(ld(x0 + ci * BV + 16 * v)) : ld(x0 + ci * BV + 16 * v);
+                            for (int r = 0; r < R; r++) acc[r][v] += wr[r] * x;
+                        }
+                    }
+                    const int nr = (int)std::min<int64_t>(R, cout - g * R);
+                    for (int r = 0; r < nr; r++)
+                        for (int v = 0; v < V; v++) st(vout + (xi * cout + g * R + r) * BV + 16 * v, acc[r][v]);
+                }
+            }
+            for (int64_t co = 0; co < cout; co++) {
+                const vf b = bc(bias[co]);
+                for (int sl = 0; sl < ns; sl++) {
+                    const int64_t T = tb * V + sl, ty = T / tx_n, tx = T % tx_n;
+                    const float* q = vout + co * BV + sl * 16;
+                    vf m[6][6], s[4][6], y[4][4];
+                    for (int xi = 0; xi < 36; xi++) m[xi / 6][xi % 6] = ld(q + xi * cout * BV);
+                    for (int j = 0; j < 6; j++) wino_at(&m[0][j], 6, &s[0][j], 6);
+                    for (int a = 0; a < 4; a++) wino_at(&s[a][0], 1, &y[a][0], 1);
+                    for (int a = 0; a < 4; a++)
+                        for (int c = 0; c < 4; c++) {  // only image pixels are written: the border stays zero
+                            const int64_t f = ((oborder + 4 * ty + a) * opitch + oborder + 4 * tx + c) * 16;
+                            vf v = y[a][c] + b;
+                            if (res) v += ld(res + co * rstride + f);
+                            if (relu) v = relu0(v);
+                            st(out + co * ostride + f, v);
+                        }
+                }
+            }
+        }
+    });
+}
+
+// scratch: wino_units(blocks, threads) units, each of 36 * (cin + cout) * V * 16 floats
+void conv_winograd(int R, int V, int64_t in, int64_t istride, int64_t cin, int64_t H, int64_t W, int64_t ipitch,
+                   int64_t iborder, int64_t out, int64_t ostride, int64_t cout, int64_t opitch, int64_t oborder,
+                   int64_t u, int64_t bias, int64_t res, int64_t rstride, bool relu, int64_t scratch, int nthreads) {
+    if (H % 4 || W % 4 || iborder < 1 || oborder < 1)
+        throw std::invalid_argument("sparse_conv: winograd takes planes of whole 4x4 tiles with a border");
+#define PB_CALL(RR, VV)                                                                                            \
+    if (R == RR && V == VV)                                                                                        \
+        return wino_run<RR, VV>(ptr<const float*>(in), istride, cin, H / 4, W / 4, ipitch, iborder, ptr<float*>(out), \
+                                ostride, cout, opitch, oborder, ptr<const float*>(u), ptr<const float*>(bias),     \
+                                ptr<const float*>(res), rstride, relu, ptr<float*>(scratch), nthreads);
+    PB_CALL(4, 6) PB_CALL(4, 4) PB_CALL(2, 2) PB_CALL(1, 4) PB_CALL(6, 4) PB_CALL(8, 2) PB_CALL(3, 8)
+#undef PB_CALL
+    throw std::invalid_argument("sparse_conv: no winograd kernel for this (R, V)");
+}
+
 void conv(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1,
           int64_t block, int64_t row_pitch, int64_t row_len, int64_t cptr, int64_t nchunks, int64_t src, int64_t val,
           int64_t bias, int64_t res, int64_t rstride, int64_t mask, bool relu, bool tile_major, int nthreads) {
@@ -988,6 +1109,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("conv_cols", &conv_cols, release(), "sparse convolution of one small picture over its compact im2col");
     m.def("conv_panel", &conv_panel, release(), "sparse convolution, R output channels sharing each input's loads");
     m.def("conv_stack", &conv_stack, release(), "sparse convolution of one picture, a kernel column's taps sharing loads");
+    m.def("wino_units", &wino_units, "work units (each with its own scratch) of a winograd call");
+    m.def("conv_winograd", &conv_winograd, release(), "dense 3x3 convolution of 16 images as Winograd F(4x4, 3x3)");
     m.def("conv_channels", &conv_channels, release(), "convolution with 16 output channels per vector (small images)");
     m.attr("vector_registers") = kVRegs;
 #if defined(__AVX512F__)
