@@ -20,6 +20,7 @@ from bench.kernels import (
     PackedRows,
     PackedWeights,
     Variant,
+    WINO_TILES,
     from_act,
     sparse_conv2d,
     to_act,
@@ -259,6 +260,86 @@ def test_panel_kernel_is_offered_for_one_picture_with_weights_to_share():
     assert offered and all(not v.tiles and (v.R, v.V) in PANEL_TILES for v in offered)  # threads split the groups
     assert not [v for v in K.candidate_variants(batch, 0.5, threads=2) if v.kind == "panel"]
     assert not [v for v in K.candidate_variants(one, 0.02, threads=2) if v.kind == "panel"]
+
+
+def test_winograd_weight_transform_gives_a_convolution():
+    # F(4, 3) in one dimension: A^T [(G g) * (B^T d)] is the correlation of 6 inputs d with the 3 taps g; the kernel
+    # applies B^T and A^T (Lavin and Gray 2016) in both dimensions, the packing G
+    from bench.kernels.pack import WINO_G
+
+    bt = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                       [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
+    at = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                      dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    d, taps = torch.randn(6, dtype=torch.float64, generator=g), torch.randn(3, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(at @ ((WINO_G @ taps) * (bt @ d)), torch.stack([d[i : i + 3] @ taps for i in range(4)]))
+    # packed as [point][group][input channel][R], zeros in a last, partial group
+    w = torch.randn(5, 3, 3, 3, generator=g)
+    p = K.PackedWinograd.pack(w, None, 4)
+    assert p.u.shape == (36, 2, 3, 4) and p.cout == 5 and p.bias.tolist() == [0.0] * 5
+    u = torch.einsum("ik,ockl,jl->ijoc", WINO_G, w.double(), WINO_G).reshape(36, 5, 3)
+    torch.testing.assert_close(p.u[:, 1, :, 0].double(), u[:, 4], atol=1e-6, rtol=1e-6)
+    assert p.u[:, 1, :, 1:].abs().sum() == 0
+    with pytest.raises(K.PruneBenchError, match="3x3"):
+        K.PackedWinograd.pack(torch.randn(2, 2, 1, 1), None, 4)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cin=st.integers(1, 9),
+    cout=st.integers(1, 11),
+    h=st.sampled_from([4, 8, 12]),
+    w=st.sampled_from([4, 8, 16]),
+    sparsity=st.sampled_from([0.0, 0.5, 1.0]),
+    tile=st.sampled_from(WINO_TILES),
+    residual=st.booleans(),
+    relu=st.booleans(),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**16),
+)
+def test_winograd_kernel_matches_conv2d_on_random_shapes(cin, cout, h, w, sparsity, tile, residual, relu, threads,
+                                                         seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, cin, h, w, generator=g)
+    weight = torch.randn(cout, cin, 3, 3, generator=g) * (torch.rand(cout, cin, 3, 3, generator=g) >= sparsity)
+    bias = torch.randn(cout, generator=g)
+    expected = F.conv2d(x, weight, bias, padding=1)
+    res = torch.randn(expected.shape, generator=g) if residual else None
+    if res is not None:
+        expected = expected + res
+    got = sparse_conv2d(x, weight, bias, padding=1, residual=res, relu=relu, variant=Variant("winograd", *tile),
+                        threads=threads)
+    torch.testing.assert_close(got, expected.relu() if relu else expected, atol=1e-4, rtol=1e-4)
+
+
+def test_winograd_leaves_the_border_zero_and_refuses_what_it_cannot_run():
+    torch.manual_seed(1)
+    geom = ConvGeometry.make(Act(8, 8, 8, 16, 1), 8, (3, 3), 1, 1, 1)
+    inp, out = to_act(torch.randn(16, 8, 8, 8), geom.inp), geom.out.alloc()
+    K.ConvOp(geom, torch.randn(8, 8, 3, 3), torch.randn(8), Variant("winograd", 4, 4), inp, out, None, None, False, 2)()
+    assert (out * (1 - geom.out.mask())).abs().sum() == 0  # only image pixels are written
+    for bad in (Act(8, 6, 8, 16, 1), Act(8, 8, 8, 1, 1)):  # no whole 4x4 tiles; one picture
+        with pytest.raises(K.PruneBenchError, match="winograd kernel takes"):
+            K.ConvOp(ConvGeometry.make(bad, 8, (3, 3), 1, 1, 1), torch.randn(8, 8, 3, 3), None,
+                     Variant("winograd", 4, 4), bad.alloc(), None, None, None, False, 1)
+    with pytest.raises(K.PruneBenchError, match="no winograd kernel of R=3"):
+        K.ConvOp(geom, torch.randn(8, 8, 3, 3), None, Variant("winograd", 3, 3), inp, out, None, None, False, 1)
+
+
+def test_winograd_is_offered_for_sixteen_images_where_a_fifth_of_the_weights_are_left():
+    batch = ConvGeometry.make(Act(64, 32, 32, 16, 1), 64, (3, 3), 1, 1, 1)
+
+    def offered(geom, density, regs=32, everything=False):
+        return [(v.R, v.V) for v in K.candidate_variants(geom, density, 2, everything, regs) if v.kind == "winograd"]
+
+    assert offered(batch, 0.5) == [(4, 6), (4, 4)] and offered(batch, 0.5, regs=8) == [(2, 2), (1, 4)]
+    assert offered(batch, 0.1) == [] and offered(batch, 0.1, everything=True)  # sparse enough to skip zeros
+    strided = ConvGeometry.make(Act(64, 32, 32, 16, 1), 64, (3, 3), 2, 1, 1)
+    one = ConvGeometry.make(Act(64, 32, 32, 1, 1), 64, (3, 3), 1, 1, 1)
+    pointwise = ConvGeometry.make(Act(64, 32, 32, 16, 1), 64, (1, 1), 1, 0, 1)
+    odd = ConvGeometry.make(Act(64, 6, 6, 16, 1), 64, (3, 3), 1, 1, 1)
+    assert not any(offered(g, 1.0) for g in (strided, one, pointwise, odd))
 
 
 # the cols kernel: one picture whose output plane is whole vectors (16, 32, 64 positions)
@@ -514,6 +595,9 @@ def test_register_budget_of_the_tiles():
     # the panel kernel: R x V accumulators, one input, a pattern's R weights (two per ymm pair on AVX2)
     assert {t for t in PANEL_TILES if K.fits_registers("panel", *t, 8)} == {(2, 2), (2, 3), (4, 1)}
     assert all(K.fits_registers("panel", *t, 32) for t in PANEL_TILES)
+    # the Winograd product: R x V accumulators, R broadcast weights, one input
+    assert {t for t in WINO_TILES if K.fits_registers("winograd", *t, 8)} == {(2, 2), (1, 4)}
+    assert all(K.fits_registers("winograd", *t, 32) for t in WINO_TILES)
     assert K.vector_registers() in (8, 32)
 
 
@@ -525,7 +609,7 @@ def test_only_tiles_that_fit_are_offered(regs, n, hw, density):
     variants = K.candidate_variants(geom, density, threads=2, everything=True, regs=regs)
     assert any(v.kind in ("dense", "torch") for v in variants)
     for v in variants:
-        if v.kind in ("sparse", "grouped", "dense", "rows", "stack", "panel"):
+        if v.kind in ("sparse", "grouped", "dense", "rows", "stack", "panel", "winograd"):
             assert v.V == 1 or K.fits_registers(v.kind, v.R, v.V, regs), str(v)
 
 

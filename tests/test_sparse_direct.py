@@ -223,6 +223,23 @@ def test_batch_runs_in_chunks():
         engine.run(x[:24])
 
 
+def test_sixteen_image_chunks_through_the_winograd_kernel():
+    # engines side by side share the transformed weights but each op has its own scratch
+    model = tiny_model(seed=3)
+    x = torch.randn(32, 3, 8, 8)
+    offered = candidates(model, x, threads=2)
+    chosen = {name: next(v for v in variants if v.startswith("winograd"))
+              for name, variants in offered.items() if any(v.startswith("winograd") for v in variants)}
+    assert {"conv1", "layer1.conv2", "extra"} <= chosen.keys()
+    engine = compile_model(model, x, threads=2, settings=no_cache(chunk=16), choices=chosen)
+    assert len(engine.engines) == 2 and all(engine.choices()[name] == v for name, v in chosen.items())
+    with torch.no_grad():
+        torch.testing.assert_close(engine.run(x), model(x), atol=1e-4, rtol=1e-4)
+    reference = node_values(model, x[:16])
+    for name, value in engine.features(x[:16]).items():
+        torch.testing.assert_close(value, reference[name], atol=1e-4, rtol=1e-4, msg=f"activation {name}")
+
+
 def test_choices_are_cached_on_disk(tmp_path, capsys):
     model = tiny_model(seed=2)
     example = torch.randn(1, 3, 12, 12)

@@ -14,8 +14,9 @@ registers, each input column loaded once for all of them that read it; after Wil
 al. 2023), "cols" (one small picture over its gathered taps), "stack" (one picture whose
 rows are whole vectors: a kernel column's taps share their loads across R output rows),
 "grouped" (R channels share the union of their patterns), "dense" (every weight, R channels
-x V vectors per tile), "channels" (every weight, 16 output channels per vector) and "torch"
-(torch's conv2d on a view of the layout).
+x V vectors per tile), "winograd" (every weight, 3x3 convs of 16 images as Winograd's
+F(4x4, 3x3), 4x fewer multiply-adds), "channels" (every weight, 16 output channels per vector)
+and "torch" (torch's conv2d on a view of the layout).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ COLS_V = (1, 2, 4)  # tiles compiled for the cols kernel
 COLS_MAX_POSITIONS = 1024  # the C++'s per-channel sum buffer
 COLS_MAX_BYTES = 384 * 1024  # the gathered taps must stay in L2 while every output channel reads them
 PANEL_TILES = ((2, 2), (2, 3), (2, 4), (4, 1), (4, 4), (4, 6))  # (R, V) compiled for the panel kernel
-WINO_TILES = ((4, 6), (4, 4), (2, 2), (1, 4), (6, 4), (8, 2), (3, 8))  # (R, V) compiled for the Winograd product
+WINO_TILES = ((4, 6), (4, 4), (2, 2), (1, 4))  # (R, V) compiled for the Winograd product, widest first
 STACK_TILES = ((2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (8, 1), (2, 2), (4, 2), (6, 2))  # (rows, V) compiled
 
 

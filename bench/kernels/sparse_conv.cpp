@@ -790,7 +790,7 @@ void conv_winograd(int R, int V, int64_t in, int64_t istride, int64_t cin, int64
         return wino_run<RR, VV>(ptr<const float*>(in), istride, cin, H / 4, W / 4, ipitch, iborder, ptr<float*>(out), \
                                 ostride, cout, opitch, oborder, ptr<const float*>(u), ptr<const float*>(bias),     \
                                 ptr<const float*>(res), rstride, relu, ptr<float*>(scratch), nthreads);
-    PB_CALL(4, 6) PB_CALL(4, 4) PB_CALL(2, 2) PB_CALL(1, 4) PB_CALL(6, 4) PB_CALL(8, 2) PB_CALL(3, 8)
+    PB_CALL(4, 6) PB_CALL(4, 4) PB_CALL(2, 2) PB_CALL(1, 4)
 #undef PB_CALL
     throw std::invalid_argument("sparse_conv: no winograd kernel for this (R, V)");
 }
