@@ -234,7 +234,8 @@ def format_roofline(p: Profile) -> list[str]:
         f"{roof.mem_gbs:.0f} GB/s from memory. A conv's roof is the lower of the compute peak and its nonzero "
         "multiply-adds per byte times the bandwidth of the level its bytes fit in (packed weights, input, output "
         "and residual, each moved once per call). A share above 100% means the layer outran torch's matmul here: "
-        "the compute peak is then a lower bound of this CPU's.",
+        "the compute peak is then a lower bound of this CPU's, or the variant computes fewer multiply-adds than a "
+        "direct conv, whose count every rate here uses (winograd: 4x fewer).",
         "",
         "| layer | chosen | nonzero GMAC/s | GB/s | MAC/byte | roof GMAC/s | bound | share of roof |",
         "|---|---|---:|---:|---:|---:|---|---:|",
