@@ -1,11 +1,13 @@
-"""The probes in experiments/: the models pruned otherwise, and the kind A/B's refusals."""
+"""The probes in experiments/: the models pruned otherwise, the kind A/B's refusals, the peer layer probe."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from experiments import kind_ab, other_pruned
+import sys
+
+from experiments import kind_ab, other_pruned, peer_layers
 from prune.errors import PruneBenchError
 from prune.models import prunable_layers
 
@@ -43,3 +45,15 @@ def test_other_pruned_refuses_to_overwrite(tmp_path):
 def test_kind_ab_bad_input_is_a_one_line_error(argv, message):
     with pytest.raises(PruneBenchError, match=message):
         kind_ab.main(argv)
+
+
+def test_peer_layers_times_a_worker_and_our_kernels_on_each_shape(monkeypatch, capsys):
+    # the project's own ONNX Runtime worker stands in for DeepSparse; one small shape, one round
+    monkeypatch.setattr(peer_layers, "SHAPES", ((16, 8, 0.5),))
+    assert peer_layers.main([sys.executable, "--engine", "onnxruntime", "--batch", "16", "--rounds", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 16x8x8")]
+    cells = rows[0].strip("|").split("|")
+    assert len(rows) == 1 and len(cells) == 10
+    assert all(float(cells[i]) > 0 for i in (2, 3, 4, 6, 8, 9))  # ms and GMAC/s, the engine's and ours
+    with pytest.raises(PruneBenchError, match="multiple of 16"):
+        peer_layers.main([sys.executable, "--batch", "8"])
