@@ -6,7 +6,8 @@ PYTHON is the engine's own interpreter (DeepSparse's venv, as for ``bench.ab --d
 For each stride-1 3x3 shape of ResNet-18, at the density global magnitude pruning leaves it in the 90%
 model, dense and at 10%, one conv + ReLU is exported (opset 13) and run single-threaded in the engine's worker,
 its output checked against torch; our kernels run the same conv on 16 images at a time, every variant
-this build offers timed round robin. Engine blocks and our rounds alternate; the fastest counts.
+this build offers timed round robin. Engine blocks and our rounds alternate: the engine's fastest block
+(the median call of 0.3 s of calls) against our fastest single call.
 Prints ms per 16 images, and GMAC/s with every weight counted (dense-equivalent) and per nonzero: a
 dense-equivalent rate above the machine's multiply-add peak means the engine computes fewer
 multiply-adds than a direct convolution does.

@@ -43,6 +43,19 @@ ROWS = [Variant("rows", 1, v) for v in ROWS_V] + [Variant("rows", 1, 6, chunk=3,
                                                   Variant("rows", 1, 4, block=64, chunk=2)]
 
 
+def random_case(seed: int, n: int, cin: int, cout: int, h: int, w: int, k: int = 3, stride: int = 1,
+                sparsity: float = 0.0, residual: bool = False):
+    """A seeded input, weights zeroed at random with probability ``sparsity``, a bias, a residual (or None) and
+    what conv2d (padding k // 2) plus the residual gives: (x, weight, bias, residual, expected)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, h, w, generator=g)
+    weight = torch.randn(cout, cin, k, k, generator=g) * (torch.rand(cout, cin, k, k, generator=g) >= sparsity)
+    bias = torch.randn(cout, generator=g)
+    expected = F.conv2d(x, weight, bias, stride=stride, padding=k // 2)
+    res = torch.randn(expected.shape, generator=g) if residual else None
+    return x, weight, bias, res, expected if res is None else expected + res
+
+
 def test_layout_round_trip_keeps_border_zero():
     x = torch.randn(3, 2, 4, 5)
     act = Act(2, 4, 5, 3, 1)
@@ -185,14 +198,7 @@ def test_rows_packing_by_hand():
     seed=st.integers(0, 2**16),
 )
 def test_rows_kernel_matches_conv2d_on_random_shapes(cin, cout, h, w, sparsity, variant, residual, seed):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(16, cin, h, w, generator=g)
-    weight = torch.randn(cout, cin, 3, 3, generator=g) * (torch.rand(cout, cin, 3, 3, generator=g) >= sparsity)
-    bias = torch.randn(cout, generator=g)
-    expected = F.conv2d(x, weight, bias, padding=1)
-    res = torch.randn(expected.shape, generator=g) if residual else None
-    if res is not None:
-        expected = expected + res
+    x, weight, bias, res, expected = random_case(seed, 16, cin, cout, h, w, sparsity=sparsity, residual=residual)
     got = sparse_conv2d(x, weight, bias, padding=1, residual=res, relu=True, variant=variant, threads=2)
     torch.testing.assert_close(got, expected.relu(), atol=1e-4, rtol=1e-4)
 
@@ -239,14 +245,7 @@ def test_panel_packing_by_hand():
 )
 def test_panel_kernel_matches_conv2d_on_random_shapes(n, cin, cout, hw, k, stride, sparsity, tile, chunk, tiles,
                                                       residual, seed):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, cin, hw, hw, generator=g)
-    weight = torch.randn(cout, cin, k, k, generator=g) * (torch.rand(cout, cin, k, k, generator=g) >= sparsity)
-    bias = torch.randn(cout, generator=g)
-    expected = F.conv2d(x, weight, bias, stride=stride, padding=k // 2)
-    res = torch.randn(expected.shape, generator=g) if residual else None
-    if res is not None:
-        expected = expected + res
+    x, weight, bias, res, expected = random_case(seed, n, cin, cout, hw, hw, k, stride, sparsity, residual)
     variant = Variant("panel", *tile, chunk=chunk, tiles=tiles)
     got = sparse_conv2d(x, weight, bias, stride=stride, padding=k // 2, residual=res, relu=True, variant=variant,
                         threads=2)
@@ -300,14 +299,7 @@ def test_winograd_weight_transform_gives_a_convolution():
 )
 def test_winograd_kernel_matches_conv2d_on_random_shapes(cin, cout, h, w, sparsity, tile, residual, relu, threads,
                                                          seed):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(16, cin, h, w, generator=g)
-    weight = torch.randn(cout, cin, 3, 3, generator=g) * (torch.rand(cout, cin, 3, 3, generator=g) >= sparsity)
-    bias = torch.randn(cout, generator=g)
-    expected = F.conv2d(x, weight, bias, padding=1)
-    res = torch.randn(expected.shape, generator=g) if residual else None
-    if res is not None:
-        expected = expected + res
+    x, weight, bias, res, expected = random_case(seed, 16, cin, cout, h, w, sparsity=sparsity, residual=residual)
     got = sparse_conv2d(x, weight, bias, padding=1, residual=res, relu=relu, variant=Variant("winograd", *tile),
                         threads=threads)
     torch.testing.assert_close(got, expected.relu() if relu else expected, atol=1e-4, rtol=1e-4)

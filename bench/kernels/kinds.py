@@ -527,10 +527,8 @@ class Winograd(Kind):
 
     def bind(self, op, v, p):
         i, o = op.geom.inp, op.geom.out
-        blocks = -(-(i.H // 4) * (i.W // 4) // v.V)
-        units = kernel_module().wino_units(blocks, op.threads)
         # per op, not with the packed weights: engines that share the weights run at the same time
-        scratch = torch.zeros(units, 36 * (i.C + p.cout) * v.V * VEC)
+        scratch = torch.zeros(kernel_module().wino_scratch_floats(i.C, p.cout, i.H, i.W, v.V, op.threads))
         return kernel_module().conv_winograd, (
             v.R, v.V, op.source.data_ptr(), op.source.stride(0), i.C, i.H, i.W, i.pitch, i.B, op.out.data_ptr(),
             op.out.stride(0), p.cout, o.pitch, o.B, p.u.data_ptr(), p.bias.data_ptr(), *op.residual_args, op.relu,

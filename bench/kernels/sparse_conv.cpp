@@ -683,8 +683,14 @@ static T ptr(int64_t p) { return reinterpret_cast<T>(p); }
 // left, that beats skipping the zeros one by one. With 16 images innermost, every tile element is one vector,
 // so both transforms are whole-vector adds. Scratch rows: vin[(xi * cin + ci) * sstride + tile * 16 + lane], vout
 // likewise over cout, each padded to whole tiles of the product's V (the padding stays zero).
-int64_t wino_units(int64_t blocks, int nthreads) {
+static int64_t wino_units(int64_t blocks, int nthreads) {
     return nthreads <= 1 ? 1 : std::min<int64_t>(blocks, 4 * nthreads);
+}
+
+// floats of scratch a winograd call needs: one block's transformed inputs and products per work unit
+int64_t wino_scratch_floats(int64_t cin, int64_t cout, int64_t H, int64_t W, int V, int nthreads) {
+    const int64_t blocks = (H / 4 * (W / 4) + V - 1) / V;
+    return wino_units(blocks, nthreads) * 36 * (cin + cout) * V * 16;
 }
 
 static inline void wino_bt(const vf* d, int s, vf* o, int os) {  // B^T on d[0], d[s], ..., d[5s]
@@ -779,7 +785,7 @@ static void wino_run(const float* in, int64_t istride, int64_t cin, int64_t ty_n
     });
 }
 
-// scratch: wino_units(blocks, threads) units, each of 36 * (cin + cout) * V * 16 floats
+// scratch: wino_scratch_floats(cin, cout, H, W, V, nthreads) floats
 void conv_winograd(int R, int V, int64_t in, int64_t istride, int64_t cin, int64_t H, int64_t W, int64_t ipitch,
                    int64_t iborder, int64_t out, int64_t ostride, int64_t cout, int64_t opitch, int64_t oborder,
                    int64_t u, int64_t bias, int64_t res, int64_t rstride, bool relu, int64_t scratch, int nthreads) {
@@ -1109,7 +1115,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("conv_cols", &conv_cols, release(), "sparse convolution of one small picture over its compact im2col");
     m.def("conv_panel", &conv_panel, release(), "sparse convolution, R output channels sharing each input's loads");
     m.def("conv_stack", &conv_stack, release(), "sparse convolution of one picture, a kernel column's taps sharing loads");
-    m.def("wino_units", &wino_units, "work units (each with its own scratch) of a winograd call");
+    m.def("wino_scratch_floats", &wino_scratch_floats, "floats of scratch a winograd call needs");
     m.def("conv_winograd", &conv_winograd, release(), "dense 3x3 convolution of 16 images as Winograd F(4x4, 3x3)");
     m.def("conv_channels", &conv_channels, release(), "convolution with 16 output channels per vector (small images)");
     m.attr("vector_registers") = kVRegs;

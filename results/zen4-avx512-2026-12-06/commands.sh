@@ -3,7 +3,7 @@
 # alone and DeepSparse in the same run, on the embedded default's models and two pruned otherwise
 set -u
 PY=.venv/bin/python
-OUT=results/zen4-avx512-2026-12-06
+OUT=${1:-results/zen4-avx512-2026-12-06}  # where ab/ goes
 cd "$(dirname "$0")/../.."
 export PRUNEBENCH_CACHE=$(mktemp -d)  # an empty cache: every choice timed afresh
 MODELS=$(mktemp -d)
