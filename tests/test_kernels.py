@@ -302,7 +302,10 @@ def test_winograd_kernel_matches_conv2d_on_random_shapes(cin, cout, h, w, sparsi
     x, weight, bias, res, expected = random_case(seed, 16, cin, cout, h, w, sparsity=sparsity, residual=residual)
     got = sparse_conv2d(x, weight, bias, padding=1, residual=res, relu=relu, variant=Variant("winograd", *tile),
                         threads=threads)
-    torch.testing.assert_close(got, expected.relu() if relu else expected, atol=1e-4, rtol=1e-4)
+    # the transforms' fp32 rounding scales with the magnitudes a tile sums, not with the result: an output near
+    # zero by cancellation keeps an error of a few 1e-6 of the largest such sum (3.4e-6 at worst in 400 cases)
+    mass = F.conv2d(x.abs(), weight.abs(), bias.abs(), padding=1).max()
+    torch.testing.assert_close(got, expected.relu() if relu else expected, atol=float(2e-5 * mass), rtol=1e-4)
 
 
 def test_winograd_leaves_the_border_zero_and_refuses_what_it_cannot_run():
