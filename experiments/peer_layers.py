@@ -22,7 +22,7 @@ import time
 import torch
 from torch import nn
 
-from bench.backends.external import _prepare
+from bench.backends.external import _prepare, missing_interpreter
 from bench.kernels import Act, ConvGeometry, ConvOp, KINDS, candidate_variants, to_act
 from exporters import run_cli
 from prune.errors import PruneBenchError
@@ -64,6 +64,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.batch < 16 or args.batch % 16:
         raise PruneBenchError(f"--batch {args.batch}: give a multiple of 16")
+    missing = missing_interpreter(args.python)
+    if missing:
+        raise PruneBenchError(f"{missing}: give the engine's interpreter (its venv's bin/python)")
     torch.set_num_threads(1)
     print(f"| shape | density | {args.engine} ms | dense-eq GMAC/s | nonzero GMAC/s | ours, best sparse | ms | "
           "ours, best dense | ms | nonzero GMAC/s, ours best |")

@@ -57,3 +57,5 @@ def test_peer_layers_times_a_worker_and_our_kernels_on_each_shape(monkeypatch, c
     assert all(float(cells[i]) > 0 for i in (2, 3, 4, 6, 8, 9))  # ms and GMAC/s, the engine's and ours
     with pytest.raises(PruneBenchError, match="multiple of 16"):
         peer_layers.main([sys.executable, "--batch", "8"])
+    with pytest.raises(PruneBenchError, match="no Python interpreter at /no/python"):
+        peer_layers.main(["/no/python"])

@@ -137,8 +137,14 @@ def _deepsparse_unavailable(device: str) -> str | None:
     if python is None:
         return (f"DeepSparse runs in an interpreter of its own: give bench.ab --deepsparse-python PATH or set "
                 f"{DEEPSPARSE_PYTHON} (the README has the recipe for its venv)")
+    missing = missing_interpreter(python)
+    return f"{missing} (set {DEEPSPARSE_PYTHON} to the DeepSparse venv's bin/python)" if missing else None
+
+
+def missing_interpreter(python: str) -> str | None:
+    """Why ``python`` cannot run a worker (no such interpreter), or None."""
     if shutil.which(python) is None and not Path(python).is_file():
-        return f"no Python interpreter at {python} (set {DEEPSPARSE_PYTHON} to the DeepSparse venv's bin/python)"
+        return f"no Python interpreter at {python}"
     return None
 
 
