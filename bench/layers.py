@@ -12,6 +12,11 @@ own limit shows where the next gain lies. Printed as a Markdown table and, with
     python -m bench.layers model.pt --batch-size 1 -o results/
     python -m bench.layers synthetic:0.9 --batch-size 64 --threads 2
     python -m bench.layers synthetic:0.95 --batch-size 64 --pass-runs 20  # and where a whole pass goes
+    python -m bench.layers synthetic:0.9 --batch-size 64 --pass-runs 20 --peer deepsparse --peer-python ~/ds/bin/python
+
+``--peer ENGINE`` sets another engine's own per-layer profile beside ours: DeepSparse (its debug analysis, in
+the worker of its own interpreter, as ``bench.ab`` runs it) or ONNX Runtime (its profiler), fed the same
+ONNX file and one chunk of the batch on the threads one of our layers ran on, its output checked first.
 
 ``model`` is a checkpoint (anything ``bench.models`` loads) or ``synthetic:S``, the
 bench suite's own seeded ResNet-18 pruned to sparsity S (no file needed).
@@ -45,6 +50,12 @@ class ProfileSettings:
         metadata={"help": "also time this many passes with every step timed, and the whole batch: where a pass goes "
                           "(0: not)"},
     )
+    peer: str = dataclasses.field(
+        default="", metadata={"help": "also profile this engine per layer, on the same chunk and threads: deepsparse "
+                                      "or onnxruntime (none by default)"})
+    peer_python: str = dataclasses.field(
+        default="", metadata={"help": "the peer's interpreter (default: $PRUNEBENCH_DEEPSPARSE_PYTHON for deepsparse, "
+                                      "this Python for onnxruntime)"})
 
 
 @dataclasses.dataclass
@@ -58,6 +69,7 @@ class Profile:
     layers: list  # bench.kernels.engine.LayerRecord
     passes: object | None = None  # bench.kernels.engine.PassTimes, with --pass-runs
     roof: "Roof | None" = None  # this CPU's peaks, measured before the layers
+    peer: object | None = None  # bench.backends.external.EngineLayers, with --peer
 
     def roofline(self) -> list["LayerRoof"]:
         return [layer_roof(r, self.roof) for r in self.layers] if self.roof else []
@@ -159,6 +171,8 @@ def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progr
         raise PruneBenchError(f"--timing-runs {settings.timing_runs}: give at least 1")
     if settings.pass_runs < 0:
         raise PruneBenchError(f"--pass-runs {settings.pass_runs}: give 0 (no pass timing) or more")
+    if settings.peer and settings.peer not in PEERS:
+        raise PruneBenchError(f"--peer {settings.peer}: name one of {', '.join(PEERS)}")
     threads = settings.threads or physical_cores()
     example = torch.randn(settings.batch_size, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -168,8 +182,13 @@ def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progr
     # a ParallelEngine runs one single-threaded engine per thread: its layers were timed on one thread
     per_layer_threads = 1 if hasattr(engine, "engines") else threads
     passes = time_pass(engine, example, settings.pass_runs) if settings.pass_runs else None
+    peer = None
+    if settings.peer:
+        from bench.backends.external import engine_layers
+
+        peer = engine_layers(model, example[: engine.chunk], per_layer_threads, settings.peer, settings.peer_python)
     return Profile(label, settings.batch_size, per_layer_threads, engine.chunk, engine.layers, passes,
-                   measure_roof(per_layer_threads))
+                   measure_roof(per_layer_threads), peer)
 
 
 def format_table(p: Profile) -> str:
@@ -220,7 +239,74 @@ def format_table(p: Profile) -> str:
         lines += format_roofline(p)
     if p.passes:
         lines += format_passes(p)
+    if p.peer:
+        lines += format_peer(p)
     return "\n".join(lines)
+
+
+PEERS = ("deepsparse", "onnxruntime")
+
+
+def match_steps(steps: list[dict], convs: list[str]) -> list[tuple[dict, list[str], bool]]:
+    """Each step of an engine's profile with our convs it computes, and whether they were matched by order.
+
+    A step names its ONNX outputs (or nodes); their modules are our convs' names. A conv step named
+    after something else (a fused node named after its ReLU's output) takes the first conv no step names."""
+    from bench.backends.external import onnx_module
+
+    known = set(convs)
+    named = [[m for m in dict.fromkeys(map(onnx_module, s["outputs"])) if m in known] for s in steps]
+    taken = {c for cs in named for c in cs}
+    left = [c for c in convs if c not in taken]
+    out = []
+    for step, cs in zip(steps, named):
+        by_order = not cs and "conv" in step.get("op", "").lower() and bool(left)
+        out.append((step, [left.pop(0)] if by_order else cs, by_order))
+    return out
+
+
+def format_peer(p: Profile) -> list[str]:
+    """Our convs beside the peer engine's own steps (fused as it fuses them): where it is faster, and by how much."""
+    e = p.peer
+    med = statistics.median
+    alone = {r.name: r.times_ms[r.choice] for r in p.layers}
+    in_pass = {r.name: med(p.passes.conv_ms(r.name)) for r in p.layers} if p.passes else {}
+    lines = [
+        "",
+        f"Beside {e.engine} {e.version}'s own per-layer profile: the same ONNX model on one chunk of {p.chunk} image(s), "
+        f"{p.threads} thread(s), timed inside the engine (mean of its profiled calls, ms per chunk); ours: the chosen "
+        "variant alone (fastest call) and inside the pass (median):",
+        "",
+        f"| {e.engine} step | our convs in it | {e.engine} ms | ours alone | ours in the pass | {e.engine} / ours alone |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    rest, gaps, covered = 0.0, [], set()
+    for step, convs, by_order in match_steps(e.layers, list(alone)):
+        if not convs:
+            rest += step["ms"]
+            continue
+        covered.update(convs)
+        ours = sum(alone[c] for c in convs)
+        passed = f"{sum(in_pass[c] for c in convs):.3f}" if in_pass else ""
+        gaps.append((ours - step["ms"], step["name"], ours / step["ms"]))
+        lines.append(f"| {step['name']} | {', '.join(convs)}{' (by order)' if by_order else ''} | {step['ms']:.3f} | "
+                     f"{ours:.3f} | {passed} | {step['ms'] / ours:.2f}x |")
+    lines.append(f"| everything else | | {rest:.3f} | | | |")
+    ours_total = med(p.passes.walls_ms) if p.passes else None
+    lines += [
+        f"| **a call** | | {e.total_ms:.3f} | {sum(alone.values()):.3f} (convs) | "
+        f"{'' if ours_total is None else f'{ours_total:.3f} (a pass)'} | |",
+        "",
+    ]
+    slower = sorted(g for g in gaps if g[0] > 0)[::-1][:3]
+    if slower:
+        lines.append(f"Where {e.engine} is faster than our chosen variants alone, most time first (ours takes that many "
+                     "times its time, that many ms more): "
+                     + ", ".join(f"{name} ({ratio:.2f}x, {gap:.3f} ms)" for gap, name, ratio in slower) + ".")
+    missing = [c for c in alone if c not in covered]
+    if missing:
+        lines.append(f"Our convs no {e.engine} step names: {', '.join(missing)}.")
+    return lines
 
 
 def format_roofline(p: Profile) -> list[str]:

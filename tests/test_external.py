@@ -80,3 +80,72 @@ def test_deepsparse_matches_dense_pytorch():
     bm = bench_models.load(bench_models.model_spec("synthetic:0.9"))
     prepared, _, _ = prepare_checked(get_backend("deepsparse"), bm, 1, "cpu", 2, "deepsparse")
     prepared.close()
+
+
+# -- an engine's own per-layer profile ---------------------------------------------------------------------
+
+
+class _Block(torch.nn.Module):
+    """conv -> ReLU -> conv + shortcut -> ReLU, the shape of a ResNet block; ``off`` shifts the output outside export."""
+
+    def __init__(self, off: float = 0.0):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+        self.conv2 = torch.nn.Conv2d(8, 3, 3, padding=1)
+        self.off = off
+
+    def forward(self, x):
+        y = self.relu(self.conv2(self.relu(self.conv1(x))) + x)
+        return y if torch.onnx.is_in_onnx_export() else y + self.off
+
+
+def test_onnx_names_map_to_modules():
+    from bench.backends.external import onnx_module
+
+    assert onnx_module("/layer1/layer1.0/conv2/Conv_output_0") == "layer1.0.conv2"
+    assert onnx_module("/layer4/layer4.0/downsample/downsample.0/Conv") == "layer4.0.downsample.0"
+    assert onnx_module("/conv1/Conv_output_0") == "conv1"
+    assert onnx_module("logits") == ""
+
+
+def test_the_stand_in_profiles_each_layer_after_checking_its_output():
+    from bench.backends.external import engine_layers
+    from bench.layers import match_steps
+
+    torch.manual_seed(0)
+    model, x = _Block().eval(), torch.randn(2, 3, 16, 16)
+    profile = engine_layers(model, x, 1, "onnxruntime", runs=3)
+    assert profile.engine == "onnxruntime" and profile.version and profile.total_ms > 0
+    assert profile.layers and all(step["ms"] >= 0 for step in profile.layers)
+    assert sum(step["ms"] for step in profile.layers) <= profile.total_ms * 1.05  # its steps fit in its calls
+    matched = [c for _, convs, _ in match_steps(profile.layers, ["conv1", "conv2"]) for c in convs]
+    assert sorted(matched) == ["conv1", "conv2"]  # each conv in one step, by name or by order
+    with pytest.raises(PruneBenchError, match="output differs from the model's .* not reported"):
+        engine_layers(_Block(off=1.0).eval(), x, 1, "onnxruntime", runs=3)
+
+
+def test_a_profile_of_an_unknown_or_missing_engine_is_one_line(tmp_path, monkeypatch):
+    from bench.backends.external import engine_layers
+
+    model, x = _Block().eval(), torch.randn(1, 3, 8, 8)
+    with pytest.raises(PruneBenchError, match="no per-layer profile of 'tvm'"):
+        engine_layers(model, x, 1, "tvm")
+    monkeypatch.delenv(DEEPSPARSE_PYTHON, raising=False)
+    with pytest.raises(PruneBenchError, match="interpreter of its own"):
+        engine_layers(model, x, 1, "deepsparse")
+    with pytest.raises(PruneBenchError, match="no Python interpreter"):
+        engine_layers(model, x, 1, "deepsparse", str(tmp_path / "no-python"))
+
+
+@pytest.mark.skipif(not os.environ.get(DEEPSPARSE_PYTHON), reason=f"DeepSparse needs its own venv: set {DEEPSPARSE_PYTHON}")
+def test_deepsparse_profiles_each_layer():
+    from bench import models as bench_models
+    from bench.backends.external import engine_layers
+    from bench.layers import match_steps
+
+    model = bench_models.load(bench_models.model_spec("synthetic:0.9")).model.eval()
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    profile = engine_layers(model, torch.randn(2, 3, 32, 32), 1, "deepsparse", runs=3)
+    matched = [c for _, cs, by_order in match_steps(profile.layers, convs) for c in cs if not by_order]
+    assert sorted(matched) == sorted(convs)  # DeepSparse names every conv it runs, fused or not

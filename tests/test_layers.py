@@ -80,7 +80,8 @@ def test_cli_writes_table_and_plot_and_refuses_to_overwrite(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [(["synthetic:abc"], "must be a number"), (["synthetic:1.5"], "in [0, 1)"),
                                            (["missing.pt"], "no checkpoint file"),
-                                           (["synthetic:0.9", "--pass-runs", "-1"], "--pass-runs -1: give 0")])
+                                           (["synthetic:0.9", "--pass-runs", "-1"], "--pass-runs -1: give 0"),
+                                           (["synthetic:0.9", "--peer", "tvm"], "--peer tvm: name one of")])
 def test_cli_one_line_errors(argv, message, capsys):
     assert layers.main(argv) == 2
     err = capsys.readouterr().err
@@ -124,3 +125,36 @@ def test_roofline_by_hand():
     p = layers.Profile("m", 1, 1, 1, [r], roof=layers.Roof(10.0, 100.0, 10.0, 1 << 20))
     table = layers.format_table(p)
     assert "| a | sparse(R=1,V=4) | 2.0 |" in table and "| compute | 20% |" in table
+
+
+def test_peer_steps_match_our_convs_by_name_then_by_order():
+    steps = [{"name": "pyramid_0", "op": "pyramid", "outputs": ["/conv1/Conv_output_0", "/layer1/layer1.0/conv1/Conv_output_0"]},
+             {"name": "fused", "op": "FusedConv", "outputs": ["/layer1/layer1.0/relu/Relu_output_0"]},  # a conv, named after its ReLU
+             {"name": "pool", "op": "GlobalAveragePool", "outputs": ["/avgpool/GlobalAveragePool_output_0"]},
+             {"name": "ks", "op": "ks_convolution", "outputs": ["/layer1/layer1.0/conv2/Conv_output_0"]}]
+    got = layers.match_steps(steps, ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"])
+    assert [(s["name"], cs, by_order) for s, cs, by_order in got] == [
+        ("pyramid_0", ["conv1", "layer1.0.conv1"], False), ("fused", ["layer1.1.conv1"], True),
+        ("pool", [], False), ("ks", ["layer1.0.conv2"], False)]
+
+
+def test_peer_table_by_hand():
+    from bench.backends.external import EngineLayers
+    from bench.kernels.engine import OTHER_STEP, PassTimes
+
+    a = _record("a", 100, 0.5, 2.0, 3.0, "dense(R=8,V=3)")  # alone 2.0
+    b = _record("b", 300, 0.9, 4.0, 1.0, "sparse(R=1,V=4)")  # alone 1.0
+    peer = EngineLayers("deepsparse", "1.8.0", [
+        {"name": "pyramid_0", "op": "pyramid", "outputs": ["/a/Conv_output_0"], "ms": 1.0},
+        {"name": "ks_1", "op": "ks_convolution", "outputs": ["/b/Conv_output_0"], "ms": 2.0},
+        {"name": "gevm", "op": "ks_gevm", "outputs": ["logits"], "ms": 0.25}], total_ms=3.5)
+    passes = PassTimes(16, [OTHER_STEP, "a", "b"], [[0.5, 0.5], [3.0, 2.0], [1.0, 1.5]], [4.0, 5.0])
+    table = layers.format_table(layers.Profile("m", 16, 1, 16, [a, b], passes=passes, peer=peer))
+    assert "| pyramid_0 | a | 1.000 | 2.000 | 2.500 | 0.50x |" in table
+    assert "| ks_1 | b | 2.000 | 1.000 | 1.250 | 2.00x |" in table
+    assert "| everything else | | 0.250 | | | |" in table
+    assert "| **a call** | | 3.500 | 3.000 (convs) | 4.500 (a pass) | |" in table
+    assert "most time first (ours takes that many times its time, that many ms more): pyramid_0 (2.00x, 1.000 ms)." in table
+    assert "no deepsparse step names" not in table
+    peer.layers.pop(1)
+    assert "Our convs no deepsparse step names: b." in layers.format_table(layers.Profile("m", 16, 1, 16, [a, b], peer=peer))

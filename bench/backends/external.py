@@ -16,6 +16,7 @@ absent, and a measure of what the worker itself costs.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import os
 import shutil
@@ -101,16 +102,20 @@ class Worker:
         return reply
 
 
-def _prepare(model: nn.Module, example: torch.Tensor, threads: int, python: str, engine: str) -> Prepared:
+def _start(model: nn.Module, example: torch.Tensor, threads: int, python: str, engine: str) -> tuple["Worker", dict]:
+    """A worker of ``engine`` with ``model`` loaded for batches like ``example``: the worker and its load reply."""
     from bench.backends.convmm import inference_copy
 
     path = export_for_worker(inference_copy(model), tuple(example.shape[1:]))
-    folder = _folder()
-    inp = folder / f"input-{os.getpid()}-{id(example)}.npy"
+    inp = _folder() / f"input-{os.getpid()}-{id(example)}.npy"
     np.save(inp, example.detach().cpu().float().contiguous().numpy())
     worker = Worker(python, engine)
-    loaded = worker.request(op="load", onnx=str(path), input=str(inp), threads=threads)
-    out = folder / f"output-{os.getpid()}-{id(worker)}.npy"
+    return worker, worker.request(op="load", onnx=str(path), input=str(inp), threads=threads)
+
+
+def _prepare(model: nn.Module, example: torch.Tensor, threads: int, python: str, engine: str) -> Prepared:
+    worker, loaded = _start(model, example, threads, python, engine)
+    out = _folder() / f"output-{os.getpid()}-{id(worker)}.npy"
 
     def run(_inputs):
         worker.request(op="run", output=str(out))
@@ -179,3 +184,55 @@ STAND_IN = Backend(
     description="ONNX Runtime in a worker process (the external-engine mechanism's stand-in)",
     default=False,
 )
+
+
+@dataclasses.dataclass
+class EngineLayers:
+    """An external engine's own per-layer profile of one model: its steps as it runs them (fused as it fuses)."""
+
+    engine: str
+    version: str
+    layers: list[dict]  # {"name", "outputs" (ONNX outputs or nodes it computes), "ms" (mean per call)}, in order
+    total_ms: float  # the engine's mean time per call while profiling
+
+
+def onnx_module(name: str) -> str:
+    """The module an ONNX output or node of torch's exporter belongs to, or "" (graph inputs and outputs):
+    ``/layer1/layer1.0/conv2/Conv_output_0`` -> ``layer1.0.conv2``, ``/layer4/layer4.0/downsample/downsample.0/Conv``
+    -> ``layer4.0.downsample.0`` (a numbered child is named after its parent)."""
+    parts = name.strip("/").split("/")[:-1]
+    return ".".join(p.rsplit(".", 1)[-1] for p in parts)
+
+
+def engine_layers(model: nn.Module, example: torch.Tensor, threads: int, engine: str, python: str = "",
+                  runs: int = 40) -> EngineLayers:
+    """``engine``'s per-layer profile of ``model`` on ``example`` in its worker, after its output is checked
+    against the model's (a wrong answer's times are not reported). ``python``: its interpreter (default: the
+    DeepSparse venv named in the environment, or this interpreter for ONNX Runtime)."""
+    backends = {"deepsparse": DEEPSPARSE, "onnxruntime": STAND_IN}
+    if engine not in backends:
+        raise PruneBenchError(f"no per-layer profile of {engine!r}: name one of {', '.join(backends)}")
+    if not python:
+        python = _deepsparse_python() if engine == "deepsparse" else sys.executable
+        if not python:
+            raise PruneBenchError(f"DeepSparse runs in an interpreter of its own: give its Python or set "
+                                  f"{DEEPSPARSE_PYTHON} (the README has the recipe for its venv)")
+    missing = missing_interpreter(python)
+    if missing:
+        raise PruneBenchError(missing)
+    worker, loaded = _start(model, example, threads, python, engine)
+    try:
+        out = _folder() / f"output-{os.getpid()}-{id(worker)}.npy"
+        worker.request(op="run", output=str(out))
+        got = torch.from_numpy(np.load(out)).float()
+        with torch.inference_mode():
+            expected = model.eval()(example).float()
+        b = backends[engine]
+        if got.shape != expected.shape or not torch.allclose(got, expected, atol=b.atol, rtol=b.rtol):
+            diff = (got - expected).abs().max().item() if got.shape == expected.shape else float("nan")
+            raise PruneBenchError(f"{engine}'s output differs from the model's (max |diff| {diff:.3g}): "
+                                  "its layer times are not reported")
+        reply = worker.request(op="layers", runs=runs)
+    finally:
+        worker.close()
+    return EngineLayers(engine, str(loaded.get("version")), reply["layers"], float(reply["total_ms"]))

@@ -10,6 +10,8 @@ per line on stdout; arrays travel as .npy files, never through the pipe:
     {"op": "load", "onnx": PATH, "input": NPY, "threads": T}   -> {"ok": true, "engine": ..., "version": ...}
     {"op": "run", "output": NPY}  one call on the loaded input, its output saved -> {"ok": true}
     {"op": "block", "seconds": S, "least": K}  back-to-back calls timed here   -> {"ok": true, "median_s": ...}
+    {"op": "layers", "runs": N}  the engine's own per-layer profile of N calls  -> {"ok": true, "layers": [...],
+        "total_ms": ...}: each layer {"name", "op", "outputs" (the ONNX outputs or nodes it computes), "ms" (mean per call)}
     {"op": "quit"}
 
 A failure is {"ok": false, "error": "one line"}. Timing happens inside the worker, so
@@ -19,6 +21,7 @@ no pipe round trip is inside a timed call.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 import time
@@ -49,8 +52,60 @@ def _onnxruntime(path: str, batch: int, threads: int):
 ENGINES = {"deepsparse": _deepsparse, "onnxruntime": _onnxruntime}
 
 
+def _deepsparse_layers(path: str, x, threads: int, runs: int) -> tuple[list[dict], float]:
+    """DeepSparse's debug analysis: each fused subgraph it runs, timed inside the engine."""
+    from deepsparse.engine import model_debug_analysis
+
+    result = model_debug_analysis(path, [x], batch_size=x.shape[0], num_cores=threads, num_iterations=runs,
+                                  num_warmup_iterations=max(3, runs // 4))
+    layers = [{"name": info["name"], "ms": float(info["average_run_time_in_ms"]), "op": re.split(r"[-_ ]\d", info["name"])[0],
+               "outputs": [o for o in info["canonical_name"].split(",") if o and o != "<none>"]}
+              for info in result["layer_info"]]
+    return layers, float(result["average_total_time"])
+
+
+def _onnxruntime_layers(path: str, x, threads: int, runs: int) -> tuple[list[dict], float]:
+    """ONNX Runtime's profiler: each node's kernel time, after the graph optimisations fused what they fuse."""
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # as it is timed
+    with tempfile.TemporaryDirectory() as folder:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(folder, "profile")
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        for _ in range(max(3, runs // 4)):  # warm-up calls are in the trace too: dropped below by count
+            session.run(None, feed)
+        for _ in range(runs):
+            session.run(None, feed)
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    nodes: dict[str, list[float]] = {}
+    ops: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            name = e["name"][: -len("_kernel_time")]
+            nodes.setdefault(name, []).append(e["dur"] / 1e3)
+            ops[name] = e.get("args", {}).get("op_name", "")
+    model_runs = [e["dur"] / 1e3 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    # a fused node is named after its output (a ReLU's, say), not its conv: "op" tells a conv step apart
+    layers = [{"name": name, "outputs": [name], "op": ops[name], "ms": statistics.fmean(ts[-runs:])}
+              for name, ts in nodes.items()]
+    return layers, statistics.fmean(model_runs[-runs:])
+
+
+PROFILERS = {"deepsparse": _deepsparse_layers, "onnxruntime": _onnxruntime_layers}
+
+
 def serve(engine_name: str, requests=sys.stdin, replies=sys.stdout) -> None:
-    run, x = None, None
+    run, x, loaded = None, None, {}
 
     def reply(**fields) -> None:
         replies.write(json.dumps(fields) + "\n")
@@ -66,6 +121,7 @@ def serve(engine_name: str, requests=sys.stdin, replies=sys.stdout) -> None:
             if op == "load":
                 x = np.ascontiguousarray(np.load(req["input"]), dtype=np.float32)
                 run, version = ENGINES[engine_name](req["onnx"], x.shape[0], int(req["threads"]))
+                loaded = {"path": req["onnx"], "threads": int(req["threads"])}
                 reply(ok=True, engine=engine_name, version=version)
             elif run is None:
                 reply(ok=False, error=f"{op!r} before 'load'")
@@ -79,6 +135,9 @@ def serve(engine_name: str, requests=sys.stdin, replies=sys.stdout) -> None:
                     run(x)
                     times.append(time.perf_counter() - start)
                 reply(ok=True, median_s=statistics.median(times), calls=len(times))
+            elif op == "layers":
+                layers, total = PROFILERS[engine_name](loaded["path"], x, loaded["threads"], int(req.get("runs", 20)))
+                reply(ok=True, layers=layers, total_ms=total)
             else:
                 reply(ok=False, error=f"unknown request {op!r}")
         except Exception as e:  # the engine's errors, whatever their type, go back as one line

@@ -30,13 +30,14 @@ import torch.nn.functional as F
 
 from bench.kernels.build import kernel_module, vector_registers
 from bench.kernels.layout import VEC, ConvGeometry
-from bench.kernels.pack import PackedPanels, PackedRows, PackedWeights, PackedWinograd, dense_nbytes
+from bench.kernels.pack import PackedPanels, PackedRows, PackedSweep, PackedWeights, PackedWinograd, dense_nbytes
 from prune.errors import PruneBenchError
 
 # (R, V) pairs compiled into the extension's ``conv``: R output channels share a pattern, V vectors per tile
 KERNELS = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 8), (1, 12), (1, 16), (2, 1), (2, 2), (3, 1), (3, 2),
            (4, 1), (4, 2), (4, 4), (4, 6), (6, 1), (6, 4), (8, 1), (8, 2), (8, 3), (12, 2))
 ROWS_V = (2, 4, 6, 8, 12)  # tiles compiled for the rows kernel
+SWEEP_V = (2, 3, 4, 6, 8)  # tiles compiled for the sweep kernel
 COLS_V = (1, 2, 4)  # tiles compiled for the cols kernel
 COLS_MAX_POSITIONS = 1024  # the C++'s per-channel sum buffer
 COLS_MAX_BYTES = 384 * 1024  # the gathered taps must stay in L2 while every output channel reads them
@@ -219,6 +220,39 @@ class Sparse(PerWeight):
             out += [Variant("sparse", 1, v, o.blocks[-1], c, True) for v in ((4, 8) if o.wide else (3, 6))
                     if v <= o.vectors for c in o.tile_chunks]
         return out
+
+
+class Sweep(Kind):
+    """One entry per nonzero, for 16 images: each tile of positions sweeps every output channel, input chunk by
+    input chunk, in one loop (``PackedSweep``), so that a chunk's inputs under the tile stay in L1."""
+
+    name = "sweep"
+    compiled = tuple((1, v) for v in SWEEP_V)
+
+    def applies(self, geom):
+        return geom.inp.N == VEC
+
+    def offer(self, o):
+        if o.density == 0 or not self.applies(o.geom):
+            return []
+        return [Variant("sweep", 1, v, o.blocks[-1], c, True) for v in ((4, 8) if o.wide else (3, 6))
+                if v <= o.vectors for c in (8, 16, 32) if c < o.geom.inp.C]
+
+    def check(self, geom, v):
+        if not self.applies(geom):
+            raise PruneBenchError("the sweep kernel takes 16 images at a time")
+        super().check(geom, v)
+
+    def pack(self, weight, bias, geom, v):
+        return PackedSweep.pack(weight, bias, geom.tap_offsets(), v.chunk)
+
+    def bind(self, op, v, p):
+        t0, t1, block, row_pitch, row_len = _span(op, v)
+        return kernel_module().conv_sweep, (
+            v.V, op.source.data_ptr(), op.out.data_ptr(), op.out.stride(0), p.cout, t0, t1, block, row_pitch, row_len,
+            p.ends.data_ptr(), p.nchunks, p.src.data_ptr(), p.val.data_ptr(), p.bias.data_ptr(), *op.residual_args,
+            op.mask.data_ptr(), op.relu, op.threads,
+        )
 
 
 def rows_fit(geom: ConvGeometry) -> bool:
@@ -539,7 +573,7 @@ class Winograd(Kind):
 STACK = Stack()
 # in order of preference: the order each conv's candidates are listed and timed in
 KINDS: dict[str, Kind] = {
-    k.name: k for k in (Sparse(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Winograd(), Channels(), Torch())
+    k.name: k for k in (Sparse(), Sweep(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Winograd(), Channels(), Torch())
 }
 SPARSE_KINDS = tuple(name for name, k in KINDS.items() if k.skips_zeros)
 DENSE_KINDS = tuple(name for name, k in KINDS.items() if not k.skips_zeros)

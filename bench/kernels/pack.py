@@ -77,6 +77,40 @@ class PackedWeights:
         return sum(t.numel() * t.element_size() for t in (self.gptr, self.src, self.val, self.bias))
 
 
+@dataclasses.dataclass
+class PackedSweep:
+    """Nonzeros of a convolution in chunk-major order, for the "sweep" kernel: one entry per nonzero (its input
+    offset and value), sorted by (input chunk, output channel, input channel, tap)."""
+
+    ends: torch.Tensor  # (chunks * cout,) int64: the entries of channel co reading chunk c end at ends[c * cout + co]
+    src: torch.Tensor  # (entries,) int32
+    val: torch.Tensor  # (entries,) float32
+    bias: torch.Tensor  # (cout,) float32
+    cout: int
+    nchunks: int
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, chunk: int = 0):
+        cout, cin = weight.shape[:2]
+        chunk = chunk if chunk and chunk < cin else cin
+        nchunks = -(-cin // chunk)
+        w = weight.detach().float().reshape(cout, cin, -1)
+        co, ci, tap = (w != 0).nonzero(as_tuple=True)  # sorted by (co, ci, tap)
+        seg = (ci // chunk) * cout + co
+        order = torch.argsort(seg, stable=True)
+        co, ci, tap, seg = co[order], ci[order], tap[order], seg[order]
+        if offsets.numel() and int(offsets.max()) >= 2**31:
+            raise PruneBenchError("activation too large for the sparse kernel's 32-bit offsets: use a smaller batch")
+        src = offsets.reshape(cin, -1)[ci, tap].to(torch.int32).contiguous()
+        ends = torch.bincount(seg, minlength=nchunks * cout).cumsum(0).contiguous()
+        b = torch.zeros(cout) if bias is None else bias.detach().float().clone()
+        return cls(ends, src, w[co, ci, tap].contiguous(), b.contiguous(), cout, nchunks)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.ends, self.src, self.val, self.bias))
+
+
 # a kernel row's nonzero taps (bit kx set) -> entry class, and the taps each class multiplies, in order
 _ROW_CLASS = torch.tensor([-1, 0, 0, 1, 0, 2, 1, 3])
 _ROW_TAPS = {1: (0,), 2: (1,), 4: (2,), 3: (0, 1), 6: (1, 2), 5: (0, 2), 7: (0, 1, 2)}

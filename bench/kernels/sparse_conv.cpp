@@ -373,6 +373,74 @@ static void run(const float* in, float* out, int64_t ostride, int64_t cout, cons
     });
 }
 
+// ---- "sweep": one entry per nonzero as in `tile`, for 16 images, with the entries in chunk-major order so that
+// one tile of positions runs every output channel, input chunk by input chunk, in one tight loop. A chunk's
+// input vectors under the tile then stay in L1 while every channel reads them. With the nonzeros of all input
+// channels at once, a tile over 256-512 channels reads its inputs from L2, and the kernel runs at the L2's
+// bandwidth; chunked through `drive` instead, each (channel, chunk) pair of a few nonzeros costs a call.
+// ends[c * cout + co]: where the entries of channel co reading chunk c end (they start where the pair before ends).
+template <int V>
+static inline void sweep_tile(const float* in, float* out, int64_t ostride, int64_t cout, int64_t t, int64_t nchunks,
+                              const int64_t* ends, const int32_t* src, const float* val, const float* bias,
+                              const float* res, int64_t rstride, const float* mask, bool relu) {
+    const float* x = in + t;
+    int64_t k = 0;
+    for (int64_t c = 0; c < nchunks; c++) {
+        const bool first = c == 0, last = c == nchunks - 1;
+        const int64_t* e = ends + c * cout;
+        for (int64_t co = 0; co < cout; co++) {
+            float* o = out + co * ostride + t;
+            vf a[V];
+            if (first) {
+                const vf b = bc(bias[co]);
+                for (int v = 0; v < V; v++) a[v] = b;
+            } else {
+                for (int v = 0; v < V; v++) a[v] = ld(o + 16 * v);
+            }
+            for (const int64_t ke = e[co]; k < ke; k++) {
+                const float* p = x + src[k];
+                const vf w = bc(val[k]);
+                for (int v = 0; v < V; v++) a[v] += w * ld(p + 16 * v);
+            }
+            if (!last) {
+                for (int v = 0; v < V; v++) st(o + 16 * v, a[v]);
+                continue;
+            }
+            const float* r = res ? res + co * rstride + t : nullptr;
+            for (int v = 0; v < V; v++) {
+                vf y = a[v];
+                if (r) y += ld(r + 16 * v);
+                if (relu) y = relu0(y);
+                y *= ld(mask + t + 16 * v);
+                st(o + 16 * v, y);
+            }
+        }
+    }
+}
+
+// the tile at t, at most `left` vectors wide: the widest of V, V - 1, ... that fits
+template <int V>
+static inline int64_t sweep_any(int64_t left, const float* in, float* out, int64_t ostride, int64_t cout, int64_t t,
+                                int64_t nchunks, const int64_t* ends, const int32_t* src, const float* val,
+                                const float* bias, const float* res, int64_t rstride, const float* mask, bool relu) {
+    if constexpr (V > 1) {
+        if (left < V)
+            return sweep_any<V - 1>(left, in, out, ostride, cout, t, nchunks, ends, src, val, bias, res, rstride,
+                                    mask, relu);
+    }
+    sweep_tile<V>(in, out, ostride, cout, t, nchunks, ends, src, val, bias, res, rstride, mask, relu);
+    return V;
+}
+
+template <int V>
+static void run_sweep(const float* in, float* out, int64_t ostride, int64_t cout, const Span& sp, const int64_t* ends,
+                      int64_t nchunks, const int32_t* src, const float* val, const float* bias, const float* res,
+                      int64_t rstride, const float* mask, bool relu, int nthreads) {
+    drive(sp, 1, 1, true, nthreads, [&](int64_t t, int64_t left, int64_t, int64_t, bool, bool) -> int64_t {
+        return sweep_any<V>(left, in, out, ostride, cout, t, nchunks, ends, src, val, bias, res, rstride, mask, relu);
+    });
+}
+
 // ---- "rows": the nonzeros of one output channel grouped by kernel row. With 16 images innermost the taps
 // kx = 0, 1, 2 of a stride-1 convolution read the same input row shifted by whole vectors, so the vectors
 // loaded for one tap serve its row's other nonzero taps too: a row with two or three nonzeros costs V + 1 or
@@ -817,6 +885,20 @@ void conv(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, 
     throw std::invalid_argument("sparse_conv: no kernel for this (R, V)");
 }
 
+void conv_sweep(int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1, int64_t block,
+                int64_t row_pitch, int64_t row_len, int64_t ends, int64_t nchunks, int64_t src, int64_t val,
+                int64_t bias, int64_t res, int64_t rstride, int64_t mask, bool relu, int nthreads) {
+    const Span sp{t0, t1, block, row_pitch, row_len};
+#define PB_CALL(VV)                                                                                                \
+    if (V == VV)                                                                                                   \
+        return run_sweep<VV>(ptr<const float*>(in), ptr<float*>(out), ostride, cout, sp, ptr<const int64_t*>(ends), \
+                             nchunks, ptr<const int32_t*>(src), ptr<const float*>(val), ptr<const float*>(bias),  \
+                             ptr<const float*>(res), rstride, ptr<const float*>(mask), relu, nthreads);
+    PB_CALL(2) PB_CALL(3) PB_CALL(4) PB_CALL(6) PB_CALL(8)
+#undef PB_CALL
+    throw std::invalid_argument("sparse_conv: no sweep kernel for this V");
+}
+
 void conv_rows(int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1, int64_t block,
                int64_t row_pitch, int64_t row_len, int64_t rptr, int64_t vptr, int64_t nchunks, int64_t src,
                int64_t val, int64_t bias, int64_t res, int64_t rstride, int64_t mask, bool relu, bool tile_major,
@@ -1111,6 +1193,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     // the GIL is released while a kernel runs, so Python threads can drive engines on separate batches at once
     using release = pybind11::call_guard<pybind11::gil_scoped_release>;
     m.def("conv", &conv, release(), "sparse direct convolution over a flat zero-bordered layout (pointers as integers)");
+    m.def("conv_sweep", &conv_sweep, release(), "sparse direct convolution of 16 images, each tile sweeping every channel chunk by chunk");
     m.def("conv_rows", &conv_rows, release(), "sparse direct convolution with nonzeros grouped by kernel row");
     m.def("conv_cols", &conv_cols, release(), "sparse convolution of one small picture over its compact im2col");
     m.def("conv_panel", &conv_panel, release(), "sparse convolution, R output channels sharing each input's loads");
