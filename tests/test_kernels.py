@@ -14,10 +14,12 @@ from bench.kernels import (
     KERNELS,
     PANEL_TILES,
     ROWS_V,
+    SWEEP_V,
     Act,
     ConvGeometry,
     PackedPanels,
     PackedRows,
+    PackedSweep,
     PackedWeights,
     Variant,
     WINO_TILES,
@@ -201,6 +203,67 @@ def test_rows_kernel_matches_conv2d_on_random_shapes(cin, cout, h, w, sparsity, 
     x, weight, bias, res, expected = random_case(seed, 16, cin, cout, h, w, sparsity=sparsity, residual=residual)
     got = sparse_conv2d(x, weight, bias, padding=1, residual=res, relu=True, variant=variant, threads=2)
     torch.testing.assert_close(got, expected.relu(), atol=1e-4, rtol=1e-4)
+
+
+def test_sweep_packing_by_hand():
+    # two output channels, four input channels in chunks of two: entries by (chunk, output channel, input, tap)
+    w = torch.zeros(2, 4, 3, 3)
+    w[0, 0, 0, 0], w[0, 3, 1, 1], w[1, 1, 2, 2], w[1, 2, 0, 1], w[1, 0, 1, 0] = 1.0, 2.0, 3.0, 4.0, 5.0
+    geom = ConvGeometry.make(Act(4, 5, 5, 16, 1), 2, (3, 3), 1, 1, 1)
+    off = geom.tap_offsets()
+    p = PackedSweep.pack(w, torch.tensor([0.5, -0.5]), off, chunk=2)
+    assert p.nchunks == 2 and p.cout == 2
+    # chunk 0: channel 0 reads (0, tap 0); channel 1 reads (0, tap 3) and (1, tap 8); chunk 1: channel 0 (3, tap 4),
+    # channel 1 (2, tap 1)
+    assert p.ends.tolist() == [1, 3, 4, 5]
+    assert p.src.tolist() == [off[0, 0, 0], off[0, 1, 0], off[1, 2, 2], off[3, 1, 1], off[2, 0, 1]]
+    assert p.val.tolist() == [1.0, 5.0, 3.0, 2.0, 4.0] and p.bias.tolist() == [0.5, -0.5]
+    whole = PackedSweep.pack(w, None, off)  # one chunk: each channel's entries in input order
+    assert whole.nchunks == 1 and whole.ends.tolist() == [2, 5] and whole.bias.tolist() == [0.0, 0.0]
+
+
+# the sweep kernel: 16 images, every tile compiled, chunks from one channel to all
+SWEEP = [Variant("sweep", 1, v, chunk=c, tiles=True) for v in SWEEP_V for c in (0, 1, 3)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cin=st.integers(1, 9),
+    cout=st.integers(1, 9),
+    hw=st.integers(1, 7),
+    k=st.sampled_from([1, 3]),
+    stride=st.integers(1, 2),
+    sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]),
+    variant=st.sampled_from(SWEEP),
+    residual=st.booleans(),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**16),
+)
+def test_sweep_kernel_matches_conv2d_on_random_shapes(cin, cout, hw, k, stride, sparsity, variant, residual, threads,
+                                                      seed):
+    x, weight, bias, res, expected = random_case(seed, 16, cin, cout, hw, hw, k, stride, sparsity, residual)
+    got = sparse_conv2d(x, weight, bias, stride=stride, padding=k // 2, residual=res, relu=True, variant=variant,
+                        threads=threads)
+    torch.testing.assert_close(got, expected.relu(), atol=1e-4, rtol=1e-4)
+
+
+def test_sweep_is_offered_for_sixteen_images_in_tiles_that_fit():
+    batch = ConvGeometry.make(Act(256, 8, 8, 16, 1), 256, (3, 3), 1, 1, 1)
+    one = ConvGeometry.make(Act(256, 8, 8, 1, 1), 256, (3, 3), 1, 1, 1)
+
+    def offered(geom, density, regs=32):
+        return sorted({(v.V, v.chunk, v.tiles) for v in K.candidate_variants(geom, density, 2, False, regs)
+                       if v.kind == "sweep"})
+
+    assert offered(batch, 0.1) == [(v, c, True) for v in (4, 8) for c in (8, 16, 32)]
+    assert {v for v, _, _ in offered(batch, 0.1, regs=8)} == {3, 6}
+    assert all(K.fits_registers("sweep", 1, v, regs) for regs, vs in ((32, (4, 8)), (8, (3, 6))) for v in vs)
+    assert offered(batch, 0.0) == [] and offered(one, 0.1) == []  # nothing to sweep; one picture
+    small = ConvGeometry.make(Act(8, 8, 8, 16, 1), 8, (3, 3), 1, 1, 1)
+    assert {c for _, c, _ in offered(small, 0.5)} == set()  # no chunk smaller than its 8 channels
+    with pytest.raises(K.PruneBenchError, match="sweep kernel takes 16 images"):
+        K.ConvOp(one, torch.randn(256, 256, 3, 3), None, Variant("sweep", 1, 4, chunk=8, tiles=True),
+                 one.inp.alloc(), None, None, None, False, 1)
 
 
 def test_panel_packing_by_hand():
