@@ -1,10 +1,12 @@
 #!/bin/bash
-# Our per-layer profile at batch 64 (chunks of 16, one thread per layer) beside DeepSparse's own, in one
-# run per model: the embedded default at 90% and 95%, and the uniformly pruned 90% model
+# Zen 4, with the sweep kind: the results page's interleaved A/B (ONNX Runtime, sparse-direct, our kernels
+# alone, DeepSparse; batch 64 and 1) into ab/, then our per-layer profile at batch 64 beside DeepSparse's own,
+# one run per model (before-sweep/ holds the same profiles taken just before the kind existed)
 set -u
 PY=.venv/bin/python
 OUT=${1:-results/zen4-avx512-2026-12-07}
 cd "$(dirname "$0")/../.."
+bash results/zen4-avx512-2026-12-06/commands.sh "$OUT"
 MODELS=$(mktemp -d)
 $PY experiments/other_pruned.py "$MODELS"  # uniform-s90.pt, emptied-s90.pt (seeded: the same files every time)
 for m in synthetic:0.9 synthetic:0.95 "$MODELS/uniform-s90.pt"; do
