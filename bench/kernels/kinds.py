@@ -37,7 +37,7 @@ from prune.errors import PruneBenchError
 KERNELS = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 8), (1, 12), (1, 16), (2, 1), (2, 2), (3, 1), (3, 2),
            (4, 1), (4, 2), (4, 4), (4, 6), (6, 1), (6, 4), (8, 1), (8, 2), (8, 3), (12, 2))
 ROWS_V = (2, 4, 6, 8, 12)  # tiles compiled for the rows kernel
-SWEEP_V = (2, 3, 4, 6, 8)  # tiles compiled for the sweep kernel
+SWEEP_TILES = ((1, 2), (1, 3), (1, 4), (1, 6), (1, 8), (2, 2), (2, 4))  # (rows, V) compiled for sweep
 COLS_V = (1, 2, 4)  # tiles compiled for the cols kernel
 COLS_MAX_POSITIONS = 1024  # the C++'s per-channel sum buffer
 COLS_MAX_BYTES = 384 * 1024  # the gathered taps must stay in L2 while every output channel reads them
@@ -224,10 +224,14 @@ class Sparse(PerWeight):
 
 class Sweep(Kind):
     """One entry per nonzero, for 16 images: each tile of positions sweeps every output channel, input chunk by
-    input chunk, in one loop (``PackedSweep``), so that a chunk's inputs under the tile stay in L1."""
+    input chunk, in one loop (``PackedSweep``), so that a chunk's inputs under the tile stay in L1. R is the
+    tile's image rows: two rows of a narrow plane (4 wide) give each nonzero twice the multiply-adds."""
 
     name = "sweep"
-    compiled = tuple((1, v) for v in SWEEP_V)
+    compiled = SWEEP_TILES
+
+    def fits(self, R, V, regs):  # R x V accumulators, one input vector, the broadcast weight
+        return R * V + 2 <= regs
 
     def applies(self, geom):
         return geom.inp.N == VEC
@@ -235,12 +239,18 @@ class Sweep(Kind):
     def offer(self, o):
         if o.density == 0 or not self.applies(o.geom):
             return []
-        return [Variant("sweep", 1, v, o.blocks[-1], c, True) for v in ((4, 8) if o.wide else (3, 6))
-                if v <= o.vectors for c in (8, 16, 32) if c < o.geom.inp.C]
+        w, h = o.geom.out.W, o.geom.out.H  # a row is W vectors
+        tiles = [(1, v) for v in ((4, 8) if o.wide else (3, 6)) if v <= w]
+        if w <= 4:
+            tiles = [(1, 4)] + ([(2, 4) if o.wide else (2, 2)] if h % 2 == 0 else [])
+        return [Variant("sweep", r, v, o.blocks[-1], c, True) for r, v in tiles for c in (8, 16, 32)
+                if c < o.geom.inp.C]
 
     def check(self, geom, v):
         if not self.applies(geom):
             raise PruneBenchError("the sweep kernel takes 16 images at a time")
+        if v.R > 1 and geom.out.H % v.R:
+            raise PruneBenchError(f"a sweep tile of {v.R} rows needs an output height that is a multiple of {v.R}")
         super().check(geom, v)
 
     def pack(self, weight, bias, geom, v):
@@ -249,9 +259,9 @@ class Sweep(Kind):
     def bind(self, op, v, p):
         t0, t1, block, row_pitch, row_len = _span(op, v)
         return kernel_module().conv_sweep, (
-            v.V, op.source.data_ptr(), op.out.data_ptr(), op.out.stride(0), p.cout, t0, t1, block, row_pitch, row_len,
-            p.ends.data_ptr(), p.nchunks, p.src.data_ptr(), p.val.data_ptr(), p.bias.data_ptr(), *op.residual_args,
-            op.mask.data_ptr(), op.relu, op.threads,
+            v.R, v.V, op.source.data_ptr(), op.out.data_ptr(), op.out.stride(0), p.cout, t0, t1, block, row_pitch,
+            row_len, p.ends.data_ptr(), p.nchunks, p.src.data_ptr(), p.val.data_ptr(), p.bias.data_ptr(),
+            *op.residual_args, op.mask.data_ptr(), op.relu, op.threads,
         )
 
 

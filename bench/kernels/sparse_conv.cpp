@@ -379,10 +379,10 @@ static void run(const float* in, float* out, int64_t ostride, int64_t cout, cons
 // channels at once, a tile over 256-512 channels reads its inputs from L2, and the kernel runs at the L2's
 // bandwidth; chunked through `drive` instead, each (channel, chunk) pair of a few nonzeros costs a call.
 // ends[c * cout + co]: where the entries of channel co reading chunk c end (they start where the pair before ends).
-template <int V>
-static inline void sweep_tile(const float* in, float* out, int64_t ostride, int64_t cout, int64_t t, int64_t nchunks,
-                              const int64_t* ends, const int32_t* src, const float* val, const float* bias,
-                              const float* res, int64_t rstride, const float* mask, bool relu) {
+template <int RR, int V>
+static inline void sweep_tile(const float* in, float* out, int64_t ostride, int64_t cout, int64_t t, int64_t rp,
+                              int64_t nchunks, const int64_t* ends, const int32_t* src, const float* val,
+                              const float* bias, const float* res, int64_t rstride, const float* mask, bool relu) {
     const float* x = in + t;
     int64_t k = 0;
     for (int64_t c = 0; c < nchunks; c++) {
@@ -390,54 +390,64 @@ static inline void sweep_tile(const float* in, float* out, int64_t ostride, int6
         const int64_t* e = ends + c * cout;
         for (int64_t co = 0; co < cout; co++) {
             float* o = out + co * ostride + t;
-            vf a[V];
+            vf a[RR][V];
             if (first) {
                 const vf b = bc(bias[co]);
-                for (int v = 0; v < V; v++) a[v] = b;
+                for (int r = 0; r < RR; r++)
+                    for (int v = 0; v < V; v++) a[r][v] = b;
             } else {
-                for (int v = 0; v < V; v++) a[v] = ld(o + 16 * v);
+                for (int r = 0; r < RR; r++)
+                    for (int v = 0; v < V; v++) a[r][v] = ld(o + r * rp + 16 * v);
             }
             for (const int64_t ke = e[co]; k < ke; k++) {
                 const float* p = x + src[k];
                 const vf w = bc(val[k]);
-                for (int v = 0; v < V; v++) a[v] += w * ld(p + 16 * v);
+                for (int r = 0; r < RR; r++)
+                    for (int v = 0; v < V; v++) a[r][v] += w * ld(p + r * rp + 16 * v);
             }
             if (!last) {
-                for (int v = 0; v < V; v++) st(o + 16 * v, a[v]);
+                for (int r = 0; r < RR; r++)
+                    for (int v = 0; v < V; v++) st(o + r * rp + 16 * v, a[r][v]);
                 continue;
             }
-            const float* r = res ? res + co * rstride + t : nullptr;
-            for (int v = 0; v < V; v++) {
-                vf y = a[v];
-                if (r) y += ld(r + 16 * v);
-                if (relu) y = relu0(y);
-                y *= ld(mask + t + 16 * v);
-                st(o + 16 * v, y);
-            }
+            const float* q = res ? res + co * rstride + t : nullptr;
+            for (int r = 0; r < RR; r++)
+                for (int v = 0; v < V; v++) {
+                    vf y = a[r][v];
+                    if (q) y += ld(q + r * rp + 16 * v);
+                    if (relu) y = relu0(y);
+                    y *= ld(mask + t + r * rp + 16 * v);
+                    st(o + r * rp + 16 * v, y);
+                }
         }
     }
 }
 
 // the tile at t, at most `left` vectors wide: the widest of V, V - 1, ... that fits
-template <int V>
+template <int RR, int V>
 static inline int64_t sweep_any(int64_t left, const float* in, float* out, int64_t ostride, int64_t cout, int64_t t,
-                                int64_t nchunks, const int64_t* ends, const int32_t* src, const float* val,
+                                int64_t rp, int64_t nchunks, const int64_t* ends, const int32_t* src, const float* val,
                                 const float* bias, const float* res, int64_t rstride, const float* mask, bool relu) {
     if constexpr (V > 1) {
         if (left < V)
-            return sweep_any<V - 1>(left, in, out, ostride, cout, t, nchunks, ends, src, val, bias, res, rstride,
-                                    mask, relu);
+            return sweep_any<RR, V - 1>(left, in, out, ostride, cout, t, rp, nchunks, ends, src, val, bias, res,
+                                        rstride, mask, relu);
     }
-    sweep_tile<V>(in, out, ostride, cout, t, nchunks, ends, src, val, bias, res, rstride, mask, relu);
+    sweep_tile<RR, V>(in, out, ostride, cout, t, rp, nchunks, ends, src, val, bias, res, rstride, mask, relu);
     return V;
 }
 
-template <int V>
+// RR > 1: a tile spans RR image rows (rows of whole vectors, a plane's height a multiple of RR), so the Span's
+// "rows" are bands of RR rows, as for the stack kernel
+template <int RR, int V>
 static void run_sweep(const float* in, float* out, int64_t ostride, int64_t cout, const Span& sp, const int64_t* ends,
                       int64_t nchunks, const int32_t* src, const float* val, const float* bias, const float* res,
                       int64_t rstride, const float* mask, bool relu, int nthreads) {
-    drive(sp, 1, 1, true, nthreads, [&](int64_t t, int64_t left, int64_t, int64_t, bool, bool) -> int64_t {
-        return sweep_any<V>(left, in, out, ostride, cout, t, nchunks, ends, src, val, bias, res, rstride, mask, relu);
+    const Span bands{sp.t0, sp.t1, sp.block, sp.row_pitch * RR, sp.row_len};
+    const int64_t rp = sp.row_pitch;
+    drive(RR > 1 ? bands : sp, 1, 1, true, nthreads, [&](int64_t t, int64_t left, int64_t, int64_t, bool, bool) -> int64_t {
+        return sweep_any<RR, V>(left, in, out, ostride, cout, t, rp, nchunks, ends, src, val, bias, res, rstride, mask,
+                                relu);
     });
 }
 
@@ -885,18 +895,19 @@ void conv(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, 
     throw std::invalid_argument("sparse_conv: no kernel for this (R, V)");
 }
 
-void conv_sweep(int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1, int64_t block,
+void conv_sweep(int RR, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1, int64_t block,
                 int64_t row_pitch, int64_t row_len, int64_t ends, int64_t nchunks, int64_t src, int64_t val,
                 int64_t bias, int64_t res, int64_t rstride, int64_t mask, bool relu, int nthreads) {
     const Span sp{t0, t1, block, row_pitch, row_len};
-#define PB_CALL(VV)                                                                                                \
-    if (V == VV)                                                                                                   \
-        return run_sweep<VV>(ptr<const float*>(in), ptr<float*>(out), ostride, cout, sp, ptr<const int64_t*>(ends), \
-                             nchunks, ptr<const int32_t*>(src), ptr<const float*>(val), ptr<const float*>(bias),  \
-                             ptr<const float*>(res), rstride, ptr<const float*>(mask), relu, nthreads);
-    PB_CALL(2) PB_CALL(3) PB_CALL(4) PB_CALL(6) PB_CALL(8)
+#define PB_CALL(RRR, VV)                                                                                           \
+    if (RR == RRR && V == VV)                                                                                      \
+        return run_sweep<RRR, VV>(ptr<const float*>(in), ptr<float*>(out), ostride, cout, sp,                       \
+                                  ptr<const int64_t*>(ends), nchunks, ptr<const int32_t*>(src), ptr<const float*>(val), \
+                                  ptr<const float*>(bias), ptr<const float*>(res), rstride, ptr<const float*>(mask), \
+                                  relu, nthreads);
+    PB_CALL(1, 2) PB_CALL(1, 3) PB_CALL(1, 4) PB_CALL(1, 6) PB_CALL(1, 8) PB_CALL(2, 2) PB_CALL(2, 4)
 #undef PB_CALL
-    throw std::invalid_argument("sparse_conv: no sweep kernel for this V");
+    throw std::invalid_argument("sparse_conv: no sweep kernel for this (rows, V)");
 }
 
 void conv_rows(int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1, int64_t block,
