@@ -395,6 +395,10 @@ static inline void sweep_tile(const float* in, float* out, int64_t ostride, int6
                 const vf b = bc(bias[co]);
                 for (int r = 0; r < RR; r++)
                     for (int v = 0; v < V; v++) a[r][v] = b;
+                // the residual, read at the last chunk, was written layers ago: ask for it now
+                if (res && nchunks > 1)
+                    for (int r = 0; r < RR; r++)
+                        for (int v = 0; v < V; v++) __builtin_prefetch(res + co * rstride + t + r * rp + 16 * v, 0, 3);
             } else {
                 for (int r = 0; r < RR; r++)
                     for (int v = 0; v < V; v++) a[r][v] = ld(o + r * rp + 16 * v);
