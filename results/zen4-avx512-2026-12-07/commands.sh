@@ -15,3 +15,8 @@ for m in synthetic:0.9 synthetic:0.95 "$MODELS/uniform-s90.pt"; do
     --peer-python "${DEEPSPARSE_PYTHON:-$HOME/ds/bin/python}" -o $OUT --force 2>&1 | grep -A40 "^Beside" | tail -32
 done
 echo "== done $(date +%T)"
+# the second batch-64 run, right after (ab-run2/):
+#   MODELS=$(mktemp -d); .venv/bin/python experiments/other_pruned.py $MODELS
+#   .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 $MODELS/uniform-s90.pt \
+#     $MODELS/emptied-s90.pt --backends onnxruntime,sparse-direct,sparse-direct-kernels,deepsparse \
+#     --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 -o results/zen4-avx512-2026-12-07/ab-run2
