@@ -226,7 +226,7 @@ def test_sweep_packing_by_hand():
 SWEEP = [Variant("sweep", r, v, chunk=c, tiles=True) for r, v in SWEEP_TILES for c in (0, 1, 3)]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     cin=st.integers(1, 9),
     cout=st.integers(1, 9),

@@ -128,8 +128,10 @@ def test_roofline_by_hand():
 
 
 def test_peer_steps_match_our_convs_by_name_then_by_order():
-    steps = [{"name": "pyramid_0", "op": "pyramid", "outputs": ["/conv1/Conv_output_0", "/layer1/layer1.0/conv1/Conv_output_0"]},
-             {"name": "fused", "op": "FusedConv", "outputs": ["/layer1/layer1.0/relu/Relu_output_0"]},  # a conv, named after its ReLU
+    steps = [{"name": "pyramid_0", "op": "pyramid",
+              "outputs": ["/conv1/Conv_output_0", "/layer1/layer1.0/conv1/Conv_output_0"]},
+             # a conv, named after its ReLU's output
+             {"name": "fused", "op": "FusedConv", "outputs": ["/layer1/layer1.0/relu/Relu_output_0"]},
              {"name": "pool", "op": "GlobalAveragePool", "outputs": ["/avgpool/GlobalAveragePool_output_0"]},
              {"name": "ks", "op": "ks_convolution", "outputs": ["/layer1/layer1.0/conv2/Conv_output_0"]}]
     got = layers.match_steps(steps, ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"])

@@ -11,7 +11,8 @@ per line on stdout; arrays travel as .npy files, never through the pipe:
     {"op": "run", "output": NPY}  one call on the loaded input, its output saved -> {"ok": true}
     {"op": "block", "seconds": S, "least": K}  back-to-back calls timed here   -> {"ok": true, "median_s": ...}
     {"op": "layers", "runs": N}  the engine's own per-layer profile of N calls  -> {"ok": true, "layers": [...],
-        "total_ms": ...}: each layer {"name", "op", "outputs" (the ONNX outputs or nodes it computes), "ms" (mean per call)}
+        "total_ms": ...}: each layer {"name", "op", "outputs" (the ONNX outputs or nodes it computes),
+        "ms" (mean per call)}
     {"op": "quit"}
 
 A failure is {"ok": false, "error": "one line"}. Timing happens inside the worker, so
@@ -58,7 +59,8 @@ def _deepsparse_layers(path: str, x, threads: int, runs: int) -> tuple[list[dict
 
     result = model_debug_analysis(path, [x], batch_size=x.shape[0], num_cores=threads, num_iterations=runs,
                                   num_warmup_iterations=max(3, runs // 4))
-    layers = [{"name": info["name"], "ms": float(info["average_run_time_in_ms"]), "op": re.split(r"[-_ ]\d", info["name"])[0],
+    layers = [{"name": info["name"], "op": re.split(r"[-_ ]\d", info["name"])[0],  # "ks_convolution-90.0%_1"
+               "ms": float(info["average_run_time_in_ms"]),
                "outputs": [o for o in info["canonical_name"].split(",") if o and o != "<none>"]}
               for info in result["layer_info"]]
     return layers, float(result["average_total_time"])

@@ -106,11 +106,6 @@ class Offer:
         return [0] + [c for c in ((8, 32) if self.batched else (16, 64)) if c < cin]
 
     @functools.cached_property
-    def tile_chunks(self) -> list[int]:
-        """Chunks for tile-major variants: a tile's inputs stay in L1."""
-        return [0] + [c for c in (16, 32) if c < self.geom.inp.C]
-
-    @functools.cached_property
     def blocks(self) -> list[int]:
         """Position blocks. With several threads always whole-row blocks, one or more per thread: threads that
         split only the output channels would each stream every partial sum through memory."""
@@ -216,9 +211,9 @@ class Sparse(PerWeight):
         fitting = [v for r, v in KERNELS if r == 1 and v <= o.vectors and tile_fits(1, v, o.regs)]
         out = [Variant("sparse", 1, v, b, c) for v in (fitting[-2:] if o.batched else fitting[-3:])
                for c in o.chunks for b in o.blocks]
-        if o.batched:  # position tiles outermost
-            out += [Variant("sparse", 1, v, o.blocks[-1], c, True) for v in ((4, 8) if o.wide else (3, 6))
-                    if v <= o.vectors for c in o.tile_chunks]
+        if o.batched:  # position tiles outermost, every input channel at once (in input chunks: the sweep kind)
+            out += [Variant("sparse", 1, v, o.blocks[-1], 0, True) for v in ((4, 8) if o.wide else (3, 6))
+                    if v <= o.vectors]
         return out
 
 
@@ -283,8 +278,10 @@ class Rows(Kind):
     def offer(self, o):
         if o.density == 0 or not o.batched or not self.applies(o.geom):
             return []
-        return [Variant("rows", 1, v, o.blocks[-1], c, True) for v in ((4, 6) if o.wide else (2, 4))
-                if v <= o.vectors for c in o.tile_chunks]
+        # tiles over every input channel: input chunks made the driver's calls too short to pay (the sweep kind's
+        # single loop took over there)
+        return [Variant("rows", 1, v, o.blocks[-1], 0, True) for v in ((4, 6) if o.wide else (2, 4))
+                if v <= o.vectors]
 
     def check(self, geom, v):
         if not self.applies(geom):
@@ -583,7 +580,8 @@ class Winograd(Kind):
 STACK = Stack()
 # in order of preference: the order each conv's candidates are listed and timed in
 KINDS: dict[str, Kind] = {
-    k.name: k for k in (Sparse(), Sweep(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Winograd(), Channels(), Torch())
+    k.name: k
+    for k in (Sparse(), Sweep(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Winograd(), Channels(), Torch())
 }
 SPARSE_KINDS = tuple(name for name, k in KINDS.items() if k.skips_zeros)
 DENSE_KINDS = tuple(name for name, k in KINDS.items() if not k.skips_zeros)

@@ -379,6 +379,7 @@ static void run(const float* in, float* out, int64_t ostride, int64_t cout, cons
 // channels at once, a tile over 256-512 channels reads its inputs from L2, and the kernel runs at the L2's
 // bandwidth; chunked through `drive` instead, each (channel, chunk) pair of a few nonzeros costs a call.
 // ends[c * cout + co]: where the entries of channel co reading chunk c end (they start where the pair before ends).
+// A tile is RR image rows of V vectors, rp floats apart (on 4-wide planes two rows give each nonzero 2V multiply-adds).
 template <int RR, int V>
 static inline void sweep_tile(const float* in, float* out, int64_t ostride, int64_t cout, int64_t t, int64_t rp,
                               int64_t nchunks, const int64_t* ends, const int32_t* src, const float* val,
