@@ -441,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import models as bench_models
 
         settings = settings_from(args, ProfileSettings)
+        if settings.peer and settings.peer not in PEERS:  # before the model loads
+            raise PruneBenchError(f"--peer {settings.peer}: name one of {', '.join(PEERS)}")
         spec = bench_models.model_spec(args.model)
         targets = None
         if args.out:  # refuse before the slow part
