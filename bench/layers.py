@@ -171,8 +171,10 @@ def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progr
         raise PruneBenchError(f"--timing-runs {settings.timing_runs}: give at least 1")
     if settings.pass_runs < 0:
         raise PruneBenchError(f"--pass-runs {settings.pass_runs}: give 0 (no pass timing) or more")
-    if settings.peer and settings.peer not in PEERS:
-        raise PruneBenchError(f"--peer {settings.peer}: name one of {', '.join(PEERS)}")
+    if settings.peer:
+        from bench.backends.external import profiler_python
+
+        profiler_python(settings.peer, settings.peer_python)  # before the slow part
     threads = settings.threads or physical_cores()
     example = torch.randn(settings.batch_size, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -242,9 +244,6 @@ def format_table(p: Profile) -> str:
     if p.peer:
         lines += format_peer(p)
     return "\n".join(lines)
-
-
-PEERS = ("deepsparse", "onnxruntime")
 
 
 def match_steps(steps: list[dict], convs: list[str]) -> list[tuple[dict, list[str], bool]]:
@@ -441,8 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import models as bench_models
 
         settings = settings_from(args, ProfileSettings)
-        if settings.peer and settings.peer not in PEERS:  # before the model loads
-            raise PruneBenchError(f"--peer {settings.peer}: name one of {', '.join(PEERS)}")
+        if settings.peer:  # refused before the model loads
+            from bench.backends.external import profiler_python
+
+            profiler_python(settings.peer, settings.peer_python)
         spec = bench_models.model_spec(args.model)
         targets = None
         if args.out:  # refuse before the slow part

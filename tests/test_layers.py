@@ -81,7 +81,9 @@ def test_cli_writes_table_and_plot_and_refuses_to_overwrite(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [(["synthetic:abc"], "must be a number"), (["synthetic:1.5"], "in [0, 1)"),
                                            (["missing.pt"], "no checkpoint file"),
                                            (["synthetic:0.9", "--pass-runs", "-1"], "--pass-runs -1: give 0"),
-                                           (["synthetic:0.9", "--peer", "tvm"], "--peer tvm: name one of")])
+                                           (["synthetic:0.9", "--peer", "tvm"], "no per-layer profile of 'tvm'"),
+                                           (["synthetic:0.9", "--peer", "deepsparse", "--peer-python", "/no/python"],
+                                            "no Python interpreter at /no/python")])
 def test_cli_one_line_errors(argv, message, capsys):
     assert layers.main(argv) == 2
     err = capsys.readouterr().err

@@ -204,14 +204,14 @@ def onnx_module(name: str) -> str:
     return ".".join(p.rsplit(".", 1)[-1] for p in parts)
 
 
-def engine_layers(model: nn.Module, example: torch.Tensor, threads: int, engine: str, python: str = "",
-                  runs: int = 40) -> EngineLayers:
-    """``engine``'s per-layer profile of ``model`` on ``example`` in its worker, after its output is checked
-    against the model's (a wrong answer's times are not reported). ``python``: its interpreter (default: the
-    DeepSparse venv named in the environment, or this interpreter for ONNX Runtime)."""
-    backends = {"deepsparse": DEEPSPARSE, "onnxruntime": STAND_IN}
-    if engine not in backends:
-        raise PruneBenchError(f"no per-layer profile of {engine!r}: name one of {', '.join(backends)}")
+PROFILED = {"deepsparse": DEEPSPARSE, "onnxruntime": STAND_IN}  # engines whose worker profiles layers
+
+
+def profiler_python(engine: str, python: str = "") -> str:
+    """The interpreter to profile ``engine`` in: ``python``, else the DeepSparse venv named in the environment,
+    or this interpreter for ONNX Runtime; a one-line PruneBenchError where there is none."""
+    if engine not in PROFILED:
+        raise PruneBenchError(f"no per-layer profile of {engine!r}: name one of {', '.join(PROFILED)}")
     if not python:
         python = _deepsparse_python() if engine == "deepsparse" else sys.executable
         if not python:
@@ -220,6 +220,14 @@ def engine_layers(model: nn.Module, example: torch.Tensor, threads: int, engine:
     missing = missing_interpreter(python)
     if missing:
         raise PruneBenchError(missing)
+    return python
+
+
+def engine_layers(model: nn.Module, example: torch.Tensor, threads: int, engine: str, python: str = "",
+                  runs: int = 40) -> EngineLayers:
+    """``engine``'s per-layer profile of ``model`` on ``example`` in its worker (``profiler_python``), after its
+    output is checked against the model's (a wrong answer's times are not reported)."""
+    python = profiler_python(engine, python)
     worker, loaded = _start(model, example, threads, python, engine)
     try:
         out = _folder() / f"output-{os.getpid()}-{id(worker)}.npy"
@@ -227,7 +235,7 @@ def engine_layers(model: nn.Module, example: torch.Tensor, threads: int, engine:
         got = torch.from_numpy(np.load(out)).float()
         with torch.inference_mode():
             expected = model.eval()(example).float()
-        b = backends[engine]
+        b = PROFILED[engine]
         if got.shape != expected.shape or not torch.allclose(got, expected, atol=b.atol, rtol=b.rtol):
             diff = (got - expected).abs().max().item() if got.shape == expected.shape else float("nan")
             raise PruneBenchError(f"{engine}'s output differs from the model's (max |diff| {diff:.3g}): "
