@@ -157,14 +157,8 @@ def layer_roof(r, roof: Roof) -> LayerRoof:
     return LayerRoof(nz_macs / seconds / 1e9, moved / seconds / 1e9, intensity, min(roof.gmacs, memory_roof), bound)
 
 
-def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progress: bool = True) -> Profile:
-    """Time every variant of every conv (no cached choices) as the sparse-direct backend would at this batch size."""
-    from tqdm import tqdm
-
-    from bench.kernels.engine import EngineSettings, compile_model, time_pass
-    from bench.models import physical_cores
-    from prune.models import INPUT_SHAPE
-
+def check_settings(settings: ProfileSettings) -> None:
+    """A one-line PruneBenchError for settings a profile cannot run with (before anything slow)."""
     if settings.batch_size < 1:
         raise PruneBenchError(f"--batch-size {settings.batch_size}: give at least 1")
     if settings.timing_runs < 1:
@@ -174,7 +168,18 @@ def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progr
     if settings.peer:
         from bench.backends.external import profiler_python
 
-        profiler_python(settings.peer, settings.peer_python)  # before the slow part
+        profiler_python(settings.peer, settings.peer_python)
+
+
+def profile(model: torch.nn.Module, label: str, settings: ProfileSettings, progress: bool = True) -> Profile:
+    """Time every variant of every conv (no cached choices) as the sparse-direct backend would at this batch size."""
+    from tqdm import tqdm
+
+    from bench.kernels.engine import EngineSettings, compile_model, time_pass
+    from bench.models import physical_cores
+    from prune.models import INPUT_SHAPE
+
+    check_settings(settings)
     threads = settings.threads or physical_cores()
     example = torch.randn(settings.batch_size, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -440,10 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import models as bench_models
 
         settings = settings_from(args, ProfileSettings)
-        if settings.peer:  # refused before the model loads
-            from bench.backends.external import profiler_python
-
-            profiler_python(settings.peer, settings.peer_python)
+        check_settings(settings)  # before the model loads
         spec = bench_models.model_spec(args.model)
         targets = None
         if args.out:  # refuse before the slow part

@@ -45,7 +45,7 @@ def pruned_conv(c: int, density: float, seed: int) -> nn.Conv2d:
     return conv
 
 
-def ours(conv: nn.Conv2d, hw: int, density: float) -> dict[str, tuple[str, ConvOp]]:
+def ours(conv: nn.Conv2d, hw: int, density: float) -> dict[str, ConvOp]:
     """Every variant offered for 16 images, one thread, on the conv's layout buffers."""
     c = conv.in_channels
     geom = ConvGeometry.make(Act(c, hw, hw, 16, 1), c, (3, 3), 1, 1, 1)

@@ -102,20 +102,22 @@ class Worker:
         return reply
 
 
-def _start(model: nn.Module, example: torch.Tensor, threads: int, python: str, engine: str) -> tuple["Worker", dict]:
-    """A worker of ``engine`` with ``model`` loaded for batches like ``example``: the worker and its load reply."""
+def _start(model: nn.Module, example: torch.Tensor, threads: int, python: str,
+           engine: str) -> tuple["Worker", dict, Path]:
+    """A worker of ``engine`` with ``model`` loaded for batches like ``example``: the worker, its load reply, and
+    the file its ``run`` requests write the output to."""
     from bench.backends.convmm import inference_copy
 
     path = export_for_worker(inference_copy(model), tuple(example.shape[1:]))
     inp = _folder() / f"input-{os.getpid()}-{id(example)}.npy"
     np.save(inp, example.detach().cpu().float().contiguous().numpy())
     worker = Worker(python, engine)
-    return worker, worker.request(op="load", onnx=str(path), input=str(inp), threads=threads)
+    loaded = worker.request(op="load", onnx=str(path), input=str(inp), threads=threads)
+    return worker, loaded, _folder() / f"output-{os.getpid()}-{id(worker)}.npy"
 
 
 def _prepare(model: nn.Module, example: torch.Tensor, threads: int, python: str, engine: str) -> Prepared:
-    worker, loaded = _start(model, example, threads, python, engine)
-    out = _folder() / f"output-{os.getpid()}-{id(worker)}.npy"
+    worker, loaded, out = _start(model, example, threads, python, engine)
 
     def run(_inputs):
         worker.request(op="run", output=str(out))
@@ -228,9 +230,8 @@ def engine_layers(model: nn.Module, example: torch.Tensor, threads: int, engine:
     """``engine``'s per-layer profile of ``model`` on ``example`` in its worker (``profiler_python``), after its
     output is checked against the model's (a wrong answer's times are not reported)."""
     python = profiler_python(engine, python)
-    worker, loaded = _start(model, example, threads, python, engine)
+    worker, loaded, out = _start(model, example, threads, python, engine)
     try:
-        out = _folder() / f"output-{os.getpid()}-{id(worker)}.npy"
         worker.request(op="run", output=str(out))
         got = torch.from_numpy(np.load(out)).float()
         with torch.inference_mode():

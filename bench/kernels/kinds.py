@@ -235,9 +235,10 @@ class Sweep(Kind):
         if o.density == 0 or not self.applies(o.geom):
             return []
         w, h = o.geom.out.W, o.geom.out.H  # a row is W vectors
-        tiles = [(1, v) for v in ((4, 8) if o.wide else (3, 6)) if v <= w]
         if w <= 4:
             tiles = [(1, 4)] + ([(2, 4) if o.wide else (2, 2)] if h % 2 == 0 else [])
+        else:
+            tiles = [(1, v) for v in ((4, 8) if o.wide else (3, 6)) if v <= w]
         return [Variant("sweep", r, v, o.blocks[-1], c, True) for r, v in tiles for c in (8, 16, 32)
                 if c < o.geom.inp.C]
 
