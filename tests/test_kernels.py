@@ -13,7 +13,6 @@ from bench.kernels import build
 from bench.kernels import (
     KERNELS,
     PANEL_TILES,
-    SWEEP_PANEL_TILES,
     ROWS_V,
     SWEEP_TILES,
     Act,
@@ -321,67 +320,6 @@ def test_panel_kernel_matches_conv2d_on_random_shapes(n, cin, cout, hw, k, strid
     got = sparse_conv2d(x, weight, bias, stride=stride, padding=k // 2, residual=res, relu=True, variant=variant,
                         threads=2)
     torch.testing.assert_close(got, expected.relu(), atol=1e-4, rtol=1e-4)
-
-
-def test_sweep_panel_packing_by_hand():
-    # four output channels in groups of two, two input channels in chunks of one: segments by (chunk, group)
-    w = torch.zeros(4, 2, 3, 3)
-    w[0, 0, 0, 0], w[1, 0, 0, 0], w[3, 0, 1, 1], w[2, 1, 2, 2], w[0, 1, 0, 1] = 1.0, 2.0, 3.0, 4.0, 5.0
-    geom = ConvGeometry.make(Act(2, 5, 5, 16, 1), 4, (3, 3), 1, 1, 1)
-    off = geom.tap_offsets()
-    p = PackedPanels.pack(w, None, off, 2, chunk=1, chunk_major=True)
-    # chunk 0: group 0 has one column of pattern 3, group 1 one of pattern 2; chunk 1: group 0 pattern 1, group 1
-    # pattern 1
-    assert p.pptr.tolist() == [[0, 0, 0, 0, 1], [1, 1, 1, 2, 2], [2, 2, 3, 3, 3], [3, 3, 4, 4, 4]]
-    assert p.src.tolist() == [off[0, 0, 0], off[0, 1, 1], off[1, 0, 1], off[1, 2, 2]]
-    assert p.val.tolist() == [1.0, 2.0, 3.0, 5.0, 4.0]
-    assert p.vptr.tolist() == [[0, 0, 0, 0], [2, 2, 2, 3], [3, 3, 4, 4], [4, 4, 5, 5]]
-    g = PackedPanels.pack(w, None, off, 2, chunk=1)  # the panel kernel's order: (group, chunk)
-    assert g.src.tolist() == [off[0, 0, 0], off[1, 0, 1], off[0, 1, 1], off[1, 2, 2]]
-
-
-# the sweep-panel kernel: 16 images, every tile compiled, chunks from one channel to all
-SWEEP_PANEL = [Variant("sweep-panel", r, v, chunk=c, tiles=True) for r, v in SWEEP_PANEL_TILES for c in (0, 1, 3)]
-
-
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    cin=st.integers(1, 9),
-    cout=st.integers(1, 11),
-    hw=st.integers(1, 9),
-    k=st.sampled_from([1, 3]),
-    stride=st.integers(1, 2),
-    sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]),
-    variant=st.sampled_from(SWEEP_PANEL),
-    residual=st.booleans(),
-    threads=st.sampled_from([1, 2]),
-    seed=st.integers(0, 2**16),
-)
-def test_sweep_panel_kernel_matches_conv2d_on_random_shapes(cin, cout, hw, k, stride, sparsity, variant, residual,
-                                                            threads, seed):
-    x, weight, bias, res, expected = random_case(seed, 16, cin, cout, hw, hw, k, stride, sparsity, residual)
-    got = sparse_conv2d(x, weight, bias, stride=stride, padding=k // 2, residual=res, relu=True, variant=variant,
-                        threads=threads)
-    torch.testing.assert_close(got, expected.relu(), atol=1e-4, rtol=1e-4)
-
-
-def test_sweep_panel_is_offered_for_sixteen_images_in_tiles_that_fit():
-    def offered(hw, density, regs=32, c=256):
-        geom = ConvGeometry.make(Act(c, hw, hw, 16, 1), c, (3, 3), 1, 1, 1)
-        return sorted({(v.R, v.V, v.chunk) for v in K.candidate_variants(geom, density, 2, False, regs)
-                       if v.kind == "sweep-panel"})
-
-    got = offered(8, 0.2)
-    assert got and {c for _, _, c in got} == {8, 16, 32}
-    assert all(K.fits_registers("sweep-panel", r, v, regs) and v <= hw for regs in (32, 8) for hw in (4, 8, 32)
-               for r, v, _ in offered(hw, 0.2, regs))
-    assert offered(32, 0.2, regs=8) and not K.fits_registers("sweep-panel", 4, 6, 8)
-    assert offered(8, 0.02) == []  # a column rarely serves two channels there
-    one = ConvGeometry.make(Act(256, 8, 8, 1, 1), 256, (3, 3), 1, 1, 1)
-    assert not [v for v in K.candidate_variants(one, 0.2, 2) if v.kind == "sweep-panel"]
-    with pytest.raises(K.PruneBenchError, match="sweep-panel kernel takes 16 images"):
-        K.ConvOp(one, torch.randn(256, 256, 3, 3), None, Variant("sweep-panel", 2, 4, chunk=8, tiles=True),
-                 one.inp.alloc(), None, None, None, False, 1)
 
 
 def test_panel_kernel_is_offered_for_one_picture_with_weights_to_share():

@@ -24,7 +24,6 @@ from bench.kernels.kinds import (
     KERNELS,
     KINDS,
     PANEL_TILES,
-    SWEEP_PANEL_TILES,
     ROWS_V,
     SPARSE_KINDS,
     STACK_TILES,
@@ -49,7 +48,7 @@ from prune.errors import PruneBenchError
 
 __all__ = [
     "COLS_MAX_BYTES", "COLS_MAX_POSITIONS", "COLS_V", "DENSE_KINDS", "KERNELS", "KINDS", "PANEL_TILES", "ROWS_V",
-    "SOURCE", "SPARSE_KINDS", "STACK_TILES", "SWEEP_PANEL_TILES", "SWEEP_TILES", "VEC", "WINO_TILES", "Act", "ConvGeometry", "ConvOp", "Kind",
+    "SOURCE", "SPARSE_KINDS", "STACK_TILES", "SWEEP_TILES", "VEC", "WINO_TILES", "Act", "ConvGeometry", "ConvOp", "Kind",
     "PackedPanels", "PackedRows", "PackedSweep", "PackedWeights", "PackedWinograd", "PruneBenchError", "Variant",
     "candidate_variants", "cols_fit", "cols_offsets", "cols_tile", "dense_nbytes", "fits_registers", "from_act",
     "global_avg_pool", "kernel_module", "kind_of", "linear", "rest_threads", "rows_fit", "sparse_conv2d",

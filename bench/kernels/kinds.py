@@ -42,7 +42,6 @@ COLS_V = (1, 2, 4)  # tiles compiled for the cols kernel
 COLS_MAX_POSITIONS = 1024  # the C++'s per-channel sum buffer
 COLS_MAX_BYTES = 384 * 1024  # the gathered taps must stay in L2 while every output channel reads them
 PANEL_TILES = ((2, 2), (2, 3), (2, 4), (4, 1), (4, 4), (4, 6))  # (R, V) compiled for the panel kernel
-SWEEP_PANEL_TILES = ((2, 2), (2, 3), (2, 4), (2, 8), (3, 8), (4, 4), (4, 6))  # (R, V) compiled for sweep-panel
 WINO_TILES = ((4, 6), (4, 4), (2, 2), (1, 4))  # (R, V) compiled for the Winograd product, widest first
 STACK_TILES = ((2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (8, 1), (2, 2), (4, 2), (6, 2))  # (rows, V) compiled
 
@@ -338,47 +337,6 @@ class Panel(Kind):
         )
 
 
-class SweepPanel(Panel):
-    """Panel's register tile in sweep's order, for 16 images: each tile of positions runs every group of R
-    output channels, input chunk by input chunk (``PackedPanels`` in chunk-major order), so a chunk's inputs
-    under the tile stay in L1 and each loaded input vector serves every channel of its column's pattern."""
-
-    name = "sweep-panel"
-    compiled = SWEEP_PANEL_TILES
-
-    def applies(self, geom):
-        return geom.inp.N == VEC
-
-    def offer(self, o):
-        # where more than a few percent of weights are left: below that a column rarely serves two channels
-        if o.density <= 0.03 or not self.applies(o.geom):
-            return []
-        w = o.geom.out.W  # a row is W vectors: tiles as wide as a row, or that split it evenly
-        tiles = [(r, v) for r, v in SWEEP_PANEL_TILES if v <= w and self.fits(r, v, o.regs)
-                 and (o.wide or r * v >= 6)]
-        return [Variant(self.name, r, v, o.blocks[-1], c, True) for r, v in tiles for c in (8, 16, 32)
-                if c < o.geom.inp.C]
-
-    def check(self, geom, v):
-        if not self.applies(geom):
-            raise PruneBenchError("the sweep-panel kernel takes 16 images at a time")
-        Kind.check(self, geom, v)
-
-    def pack_key(self, v):
-        return (self.name, v.R, v.chunk)
-
-    def pack(self, weight, bias, geom, v):
-        return PackedPanels.pack(weight, bias, geom.tap_offsets(), v.R, v.chunk, chunk_major=True)
-
-    def bind(self, op, v, p):
-        t0, t1, block, row_pitch, row_len = _span(op, v)
-        return kernel_module().conv_sweep_panel, (
-            v.R, v.V, op.source.data_ptr(), op.out.data_ptr(), op.out.stride(0), p.cout, t0, t1, block, row_pitch,
-            row_len, p.pptr.data_ptr(), p.vptr.data_ptr(), p.nchunks, p.src.data_ptr(), p.val.data_ptr(),
-            p.bias.data_ptr(), *op.residual_args, op.mask.data_ptr(), op.relu, op.threads,
-        )
-
-
 def cols_fit(geom: ConvGeometry) -> bool:
     """Whether the cols kernel applies: one picture whose output plane is whole vectors (4x4, 8x8, ...) and
     whose gathered taps fit in L2 (``COLS_MAX_BYTES``)."""
@@ -624,7 +582,7 @@ STACK = Stack()
 # in order of preference: the order each conv's candidates are listed and timed in
 KINDS: dict[str, Kind] = {
     k.name: k
-    for k in (Sparse(), Sweep(), SweepPanel(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Winograd(), Channels(), Torch())
+    for k in (Sparse(), Sweep(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Winograd(), Channels(), Torch())
 }
 SPARSE_KINDS = tuple(name for name, k in KINDS.items() if k.skips_zeros)
 DENSE_KINDS = tuple(name for name, k in KINDS.items() if not k.skips_zeros)

@@ -191,11 +191,11 @@ class PackedPanels:
     Each entry is one (input channel, tap) column where at least one of the group's R
     channels has a nonzero; its pattern (bit r: channel r has one) picks the loop that
     runs it, ``src`` is the column's input offset and ``val`` the pattern's weights in
-    channel order. Entries are sorted by segment (group and input chunk), then pattern.
+    channel order. Entries are sorted by (group, input chunk, pattern).
     """
 
     R: int
-    pptr: torch.Tensor  # (segments, 2^R + 1) int64: segment s's entries of pattern p are [pptr[s, p], pptr[s, p + 1])
+    pptr: torch.Tensor  # (groups * chunks, 2^R + 1) int64: entries of pattern p are [pptr[s, p], pptr[s, p + 1])
     vptr: torch.Tensor  # (groups * chunks, 2^R) int64: where pattern p's weights start in val
     src: torch.Tensor  # (entries,) int32
     val: torch.Tensor  # (weights,) float32: the nonzeros themselves, none filled in
@@ -204,10 +204,7 @@ class PackedPanels:
     nchunks: int
 
     @classmethod
-    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, R: int, chunk: int = 0,
-             chunk_major: bool = False):
-        """``chunk_major``: segments in (input chunk, group) order, for the sweep-panel kernel, which runs every
-        group of one chunk before the next chunk; else (group, input chunk), as the panel kernel reads them."""
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, R: int, chunk: int = 0):
         cout, cin = weight.shape[:2]
         k = weight[0].numel()
         taps = k // cin
@@ -221,8 +218,7 @@ class PackedPanels:
         pattern = (nz.long() << torch.arange(R).view(1, R, 1)).sum(1)  # (groups, k)
         g, col = (pattern > 0).nonzero(as_tuple=True)
         pat = pattern[g, col]
-        c = (col // taps) // chunk
-        seg = c * groups + g if chunk_major else g * nchunks + c
+        seg = g * nchunks + (col // taps) // chunk
         order = torch.argsort((seg * (1 << R) + pat) * k + col, stable=True)
         g, col, pat, seg = g[order], col[order], pat[order], seg[order]
         columns = w[g, :, col]  # (entries, R)

@@ -621,71 +621,6 @@ static void run_panel(const float* in, float* out, int64_t ostride, int64_t cout
     });
 }
 
-// ---- "sweep-panel": sweep's order with panel's register tile, for 16 images. One tile of positions runs every
-// group of R output channels, input chunk by input chunk; within a (chunk, group) pair each (input channel, tap)
-// column any of the R channels reads is loaded once and multiplied into every channel of its pattern, as in
-// "panel". With AVX-512 a loop of one broadcast and V multiply-adds that each load their input runs at about
-// half the FMA units' rate; a loaded input that serves two channels or more lets them run at nearly the full
-// rate. pptr[(c * ngroups + g) * (2^R + 1) + p] .. [+ 1]: the entries of pattern p of group g in chunk c;
-// vptr[(c * ngroups + g) * 2^R + p]: where their values start.
-template <int R, int V>
-static inline void spanel_tile(const float* in, float* out, int64_t ostride, int64_t cout, int64_t t, int64_t nchunks,
-                               const int64_t* pptr, const int64_t* vptr, const int32_t* src, const float* val,
-                               const float* bias, const float* res, int64_t rstride, const float* mask, bool relu) {
-    constexpr int NP = 1 << R;
-    const int64_t ngroups = (cout + R - 1) / R;
-    for (int64_t c = 0; c < nchunks; c++) {
-        const bool first = c == 0, last = c == nchunks - 1;
-        for (int64_t g = 0; g < ngroups; g++) {
-            const int64_t s = c * ngroups + g;
-            const int64_t* pp = pptr + s * (NP + 1);
-            if (pp[0] == pp[NP] && !first && !last) continue;  // nothing to add from this chunk
-            const int nr = (int)std::min<int64_t>(R, cout - g * R);
-            float* o = out + g * R * ostride + t;
-            vf acc[R][V];
-            for (int r = 0; r < R; r++) {
-                const int rr = std::min(r, nr - 1);  // past the last channel: a copy of it, never stored
-                if (first) {
-                    const vf b = bc(bias[g * R + rr]);
-                    for (int v = 0; v < V; v++) acc[r][v] = b;
-                    if (res && nchunks > 1 && r < nr)  // read at the last chunk, written layers ago: ask for it now
-                        for (int v = 0; v < V; v++) __builtin_prefetch(res + (g * R + r) * rstride + t + 16 * v, 0, 3);
-                } else {
-                    for (int v = 0; v < V; v++) acc[r][v] = ld(o + rr * ostride + 16 * v);
-                }
-            }
-            panel_patterns<R, V>(in + t, acc, 0, src, val, pp, vptr + s * NP,
-                                 std::make_integer_sequence<int, NP - 1>{});
-            for (int r = 0; r < nr; r++) {
-                const float* q = res ? res + (g * R + r) * rstride + t : nullptr;
-                for (int v = 0; v < V; v++) {
-                    vf y = acc[r][v];
-                    if (last) {
-                        if (q) y += ld(q + 16 * v);
-                        if (relu) y = relu0(y);
-                        y *= ld(mask + t + 16 * v);
-                    }
-                    st(o + r * ostride + 16 * v, y);
-                }
-            }
-        }
-    }
-}
-
-template <int R, int V>
-static inline int64_t spanel_any(int64_t left, const float* in, float* out, int64_t ostride, int64_t cout, int64_t t,
-                                 int64_t nchunks, const int64_t* pptr, const int64_t* vptr, const int32_t* src,
-                                 const float* val, const float* bias, const float* res, int64_t rstride,
-                                 const float* mask, bool relu) {
-    if constexpr (V > 1) {
-        if (left < V)
-            return spanel_any<R, V - 1>(left, in, out, ostride, cout, t, nchunks, pptr, vptr, src, val, bias, res,
-                                        rstride, mask, relu);
-    }
-    spanel_tile<R, V>(in, out, ostride, cout, t, nchunks, pptr, vptr, src, val, bias, res, rstride, mask, relu);
-    return V;
-}
-
 // ---- "stack": one picture, the rows trick turned on its side. In one picture's layout the taps kx of a kernel
 // row are one float apart (no whole-vector shifts to share), but the taps ky = 0, 1, 2 of a kernel column are one
 // row (pitch) apart: a tile of RR output rows x V vectors loads each of its RR + 2 input rows once and multiplies
@@ -1014,24 +949,6 @@ void conv_panel(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t 
     throw std::invalid_argument("sparse_conv: no panel kernel for this (R, V)");
 }
 
-void conv_sweep_panel(int R, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1,
-                      int64_t block, int64_t row_pitch, int64_t row_len, int64_t pptr, int64_t vptr, int64_t nchunks,
-                      int64_t src, int64_t val, int64_t bias, int64_t res, int64_t rstride, int64_t mask, bool relu,
-                      int nthreads) {
-    const Span sp{t0, t1, block, row_pitch, row_len};
-#define PB_CALL(RR, VV)                                                                                            \
-    if (R == RR && V == VV)                                                                                        \
-        return drive(sp, 1, 1, true, nthreads, [&](int64_t t, int64_t left, int64_t, int64_t, bool, bool) {       \
-            return spanel_any<RR, VV>(left, ptr<const float*>(in), ptr<float*>(out), ostride, cout, t, nchunks,    \
-                                      ptr<const int64_t*>(pptr), ptr<const int64_t*>(vptr), ptr<const int32_t*>(src), \
-                                      ptr<const float*>(val), ptr<const float*>(bias), ptr<const float*>(res),     \
-                                      rstride, ptr<const float*>(mask), relu);                                     \
-        });
-    PB_CALL(2, 2) PB_CALL(2, 3) PB_CALL(2, 4) PB_CALL(2, 8) PB_CALL(3, 8) PB_CALL(4, 4) PB_CALL(4, 6)
-#undef PB_CALL
-    throw std::invalid_argument("sparse_conv: no sweep-panel kernel for this (R, V)");
-}
-
 void conv_stack(int RR, int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t H,
                 int64_t W, int64_t pitch, int64_t rptr, int64_t vptr, int64_t nchunks, int64_t src, int64_t val,
                 int64_t bias, int64_t res, int64_t rstride, bool relu, bool tile_major, int nthreads) {
@@ -1295,8 +1212,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("conv_sweep", &conv_sweep, release(), "sparse direct convolution of 16 images, each tile sweeping every channel chunk by chunk");
     m.def("conv_rows", &conv_rows, release(), "sparse direct convolution with nonzeros grouped by kernel row");
     m.def("conv_cols", &conv_cols, release(), "sparse convolution of one small picture over its compact im2col");
-    m.def("conv_sweep_panel", &conv_sweep_panel, release(),
-          "sparse direct convolution of 16 images, R output channels sharing each input's loads, chunk by chunk");
     m.def("conv_panel", &conv_panel, release(), "sparse convolution, R output channels sharing each input's loads");
     m.def("conv_stack", &conv_stack, release(), "sparse convolution of one picture, a kernel column's taps sharing loads");
     m.def("wino_scratch_floats", &wino_scratch_floats, "floats of scratch a winograd call needs");
