@@ -231,7 +231,22 @@ def format_table(results: list[ABResult], settings: ABSettings, threads: int) ->
             ratios = r.ratios(base, n)
             cells.append(f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f})")
         lines.append(f"| {r.model} | {s:.1%} | {smac:.1%} | {limit:.2f}x | " + " | ".join(cells) + " |")
+    isas = instruction_sets(results, names)
+    if isas:
+        lines += ["", "Instruction sets the engines ran: " + ", ".join(f"{n} {isa}" for n, isa in isas.items()) + "."]
     return "\n".join(lines)
+
+
+def instruction_sets(results: list[ABResult], names: Sequence[str]) -> dict[str, str]:
+    """backend -> the instruction set(s) its kernels ran, where the backend says (our kernels, an external engine)."""
+    out = {}
+    for n in names:
+        found = sorted({str(isa) for r in results for info in [r.info.get(n, {})]
+                        for isa in (info.get("kernel_isa") if info.get("ran", "sparse-direct-kernels") ==
+                                    "sparse-direct-kernels" else None, info.get("engine_isa")) if isa})
+        if found:
+            out[n] = " and ".join(found)
+    return out
 
 
 def plot(results: list[ABResult], settings: ABSettings, path: Path) -> None:

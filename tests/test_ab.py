@@ -16,6 +16,22 @@ def test_ratios_pair_blocks_and_the_table_reports_their_median_and_range():
     settings = ab.ABSettings(backends="a,b", blocks=3)
     table = ab.format_table([r], settings, threads=2)
     assert "| m | 90.0% | 75.0% | 4.00x | 6.000 | 2.000 | **2.00x** (1.00-3.00) |" in table
+    assert "Instruction sets" not in table  # neither backend said which it ran
+
+
+def test_the_table_names_the_instruction_set_each_engine_ran():
+    blocks = {"onnxruntime": [2.0], "sparse-direct": [1.0], "deepsparse": [1.0]}
+    kernels = {"ran": "sparse-direct-kernels", "kernel_isa": "avx2"}
+    ran_kernels = ab.ABResult("m", {}, blocks, info={"sparse-direct": kernels, "deepsparse": {"engine_isa": "avx2"}})
+    ran_ort = ab.ABResult("n", {}, blocks, info={"sparse-direct": {"ran": "onnxruntime", "kernel_isa": "avx512"},
+                                                  "deepsparse": {"engine_isa": "avx512"}})
+    settings = ab.ABSettings(backends="onnxruntime,sparse-direct,deepsparse", blocks=1)
+    assert ab.instruction_sets([ran_kernels], settings.names) == {"sparse-direct": "avx2", "deepsparse": "avx2"}
+    # where ONNX Runtime ran the model, our kernels' build ran nothing
+    assert ab.instruction_sets([ran_kernels, ran_ort], settings.names) == {"sparse-direct": "avx2",
+                                                                           "deepsparse": "avx2 and avx512"}
+    assert "Instruction sets the engines ran: sparse-direct avx2, deepsparse avx2." in ab.format_table(
+        [ran_kernels], settings, threads=2)
 
 
 @pytest.mark.parametrize("backends, message", [("torch-dense", "two or more"), ("torch-dense,torch-dense", "two or more"),

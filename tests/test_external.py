@@ -32,6 +32,7 @@ def test_the_worker_returns_the_models_output_and_times_its_own_blocks(stand_in)
     torch.testing.assert_close(got, bm.reference(2, seed=0), atol=1e-4, rtol=1e-3)
     assert prepared.time_block(0.01) > 0
     assert prepared.info["engine"] == "onnxruntime" and prepared.info["engine_version"]
+    assert prepared.info["engine_isa"] is None  # ONNX Runtime does not say which of its kernels it picks
 
 
 def test_the_ab_interleaves_a_worker_with_the_others(tmp_path):
@@ -80,6 +81,7 @@ def test_deepsparse_matches_dense_pytorch():
     bm = bench_models.load(bench_models.model_spec("synthetic:0.9"))
     prepared, _, _ = prepare_checked(get_backend("deepsparse"), bm, 1, "cpu", 2, "deepsparse")
     prepared.close()
+    assert prepared.info["engine_isa"] in ("avx2", "avx512")  # what it runs, which NM_ARCH may narrow
 
 
 # -- an engine's own per-layer profile ---------------------------------------------------------------------

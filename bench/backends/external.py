@@ -126,7 +126,8 @@ def _prepare(model: nn.Module, example: torch.Tensor, threads: int, python: str,
     def time_block(seconds: float, least: int = 3) -> float:
         return float(worker.request(op="block", seconds=seconds, least=least)["median_s"])
 
-    info = {"engine": engine, "engine_version": loaded.get("version"), "engine_python": python,
+    info = {"engine": engine, "engine_version": loaded.get("version"), "engine_isa": loaded.get("isa"),
+            "engine_python": python,
             "onnx_opset": OPSET, "timed_in_suite": "one call in the worker plus a pipe round trip and a .npy output",
             "timed_in_ab": "blocks timed inside the worker"}
     return Prepared(run=run, inputs=None, to_torch=lambda y: torch.from_numpy(np.asarray(y)).float(), info=info,

@@ -7,7 +7,8 @@ with DeepSparse 1.8, which needs Python <= 3.11 and numpy < 2), only the standar
 library, numpy and the engine. One JSON request per line on stdin, one JSON reply
 per line on stdout; arrays travel as .npy files, never through the pipe:
 
-    {"op": "load", "onnx": PATH, "input": NPY, "threads": T}   -> {"ok": true, "engine": ..., "version": ...}
+    {"op": "load", "onnx": PATH, "input": NPY, "threads": T}   -> {"ok": true, "engine": ..., "version": ...,
+        "isa": the instruction set the engine says it runs, or null}
     {"op": "run", "output": NPY}  one call on the loaded input, its output saved -> {"ok": true}
     {"op": "block", "seconds": S, "least": K}  back-to-back calls timed here   -> {"ok": true, "median_s": ...}
     {"op": "layers", "runs": N}  the engine's own per-layer profile of N calls  -> {"ok": true, "layers": [...],
@@ -33,8 +34,11 @@ import numpy as np
 def _deepsparse(path: str, batch: int, threads: int):
     import deepsparse
 
+    from deepsparse.cpu import cpu_architecture
+
     engine = deepsparse.compile_model(path, batch_size=batch, num_cores=threads)
-    return (lambda x: engine.run([x])[0]), deepsparse.__version__
+    # its kernels follow the CPU, or NM_ARCH (avx2 | avx512) where set: a comparison must say which ran
+    return (lambda x: engine.run([x])[0]), deepsparse.__version__, cpu_architecture().isa
 
 
 def _onnxruntime(path: str, batch: int, threads: int):
@@ -47,7 +51,7 @@ def _onnxruntime(path: str, batch: int, threads: int):
     options.log_severity_level = 3
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return (lambda x: session.run(None, {name: x})[0]), ort.__version__
+    return (lambda x: session.run(None, {name: x})[0]), ort.__version__, None
 
 
 ENGINES = {"deepsparse": _deepsparse, "onnxruntime": _onnxruntime}
@@ -122,9 +126,9 @@ def serve(engine_name: str, requests=sys.stdin, replies=sys.stdout) -> None:
                 return
             if op == "load":
                 x = np.ascontiguousarray(np.load(req["input"]), dtype=np.float32)
-                run, version = ENGINES[engine_name](req["onnx"], x.shape[0], int(req["threads"]))
+                run, version, isa = ENGINES[engine_name](req["onnx"], x.shape[0], int(req["threads"]))
                 loaded = {"path": req["onnx"], "threads": int(req["threads"])}
-                reply(ok=True, engine=engine_name, version=version)
+                reply(ok=True, engine=engine_name, version=version, isa=isa)
             elif run is None:
                 reply(ok=False, error=f"{op!r} before 'load'")
             elif op == "run":
