@@ -73,6 +73,31 @@ def test_an_engine_error_comes_back_as_one_line(tmp_path):
     assert worker.proc.wait(timeout=5) is not None
 
 
+def test_what_an_engine_prints_stays_out_of_the_replies():
+    import subprocess
+
+    from bench.backends.external import WORKER
+
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); import external_worker as w; replies = w.own_stdout(); "
+            "print('from python'); os.write(1, b'from c\\n'); replies.write('reply\\n'); replies.flush()")
+    done = subprocess.run([sys.executable, "-I", "-c", code, str(WORKER.parent)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout == "reply\n"
+    assert "from python" in done.stderr and "from c" in done.stderr
+
+
+def test_a_worker_that_answers_something_else_is_one_line(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'Neural Magic: Using env variable NM_ARCH=avx2 for isa_type'\nread request\n")
+    fake.chmod(0o755)
+    worker = Worker(str(fake), "deepsparse")
+    try:
+        with pytest.raises(PruneBenchError, match="answered 'Neural Magic: .*', not a reply"):
+            worker.request(op="load")
+    finally:
+        worker.close()
+
+
 @pytest.mark.skipif(not os.environ.get(DEEPSPARSE_PYTHON), reason=f"DeepSparse needs its own venv: set {DEEPSPARSE_PYTHON}")
 def test_deepsparse_matches_dense_pytorch():
     from bench import models as bench_models

@@ -68,8 +68,11 @@ class Worker:
     def __init__(self, python: str, engine: str):
         self.engine = engine
         # -I: the script's folder (bench/backends, which holds an onnxruntime.py) must not shadow the engine
+        # its stderr (the engine's own logging, whatever its length) goes to a file: a pipe nobody reads would
+        # fill and stall the worker
+        self._log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([python, "-I", str(WORKER), engine], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+                                     stderr=self._log, text=True, bufsize=1)
         self._finalizer = weakref.finalize(self, Worker._stop, self.proc)
 
     @staticmethod
@@ -94,9 +97,16 @@ class Worker:
             line = ""
         if not line:
             self.proc.wait(timeout=5)
-            why = (self.proc.stderr.read().strip().splitlines() or [f"exit status {self.proc.returncode}"])[-1]
+            self._log.seek(0)
+            why = (self._log.read().strip().splitlines() or [f"exit status {self.proc.returncode}"])[-1]
             raise PruneBenchError(f"the {self.engine} worker stopped: {why[:300]}")
-        reply = json.loads(line)
+        try:
+            reply = json.loads(line)
+        except json.JSONDecodeError:
+            reply = None
+        if not isinstance(reply, dict):
+            raise PruneBenchError(f"the {self.engine} worker answered {line.strip()[:200]!r}, not a reply: is "
+                                  "bench/backends/external_worker.py the worker it runs?")
         if not reply.get("ok"):
             raise PruneBenchError(f"the {self.engine} worker: {reply.get('error', 'failed')}")
         return reply

@@ -23,6 +23,7 @@ no pipe round trip is inside a timed call.
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import sys
@@ -110,6 +111,15 @@ def _onnxruntime_layers(path: str, x, threads: int, runs: int) -> tuple[list[dic
 PROFILERS = {"deepsparse": _deepsparse_layers, "onnxruntime": _onnxruntime_layers}
 
 
+def own_stdout():
+    """The replies' own file on what was stdout; from here on, whatever else prints (DeepSparse announces an NM_ARCH
+    it was given), from Python or from an engine's C++, goes to stderr instead of into the replies."""
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return replies
+
+
 def serve(engine_name: str, requests=sys.stdin, replies=sys.stdout) -> None:
     run, x, loaded = None, None, {}
 
@@ -154,8 +164,9 @@ def serve(engine_name: str, requests=sys.stdin, replies=sys.stdout) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in ENGINES:
         sys.exit(f"usage: python external_worker.py {{{'|'.join(ENGINES)}}}")
+    replies = own_stdout()
     try:
         __import__(sys.argv[1])
     except ImportError as e:
         sys.exit(f"{sys.argv[1]} cannot be imported by {sys.executable}: {e}")
-    serve(sys.argv[1])
+    serve(sys.argv[1], replies=replies)
