@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from bench.backends import Backend, Prepared
+from bench.parity import check_parity
 from prune.errors import PruneBenchError
 
 WORKER = Path(__file__).with_name("external_worker.py")
@@ -245,13 +246,11 @@ def engine_layers(model: nn.Module, example: torch.Tensor, threads: int, engine:
     try:
         worker.request(op="run", output=str(out))
         got = torch.from_numpy(np.load(out)).float()
+        other = torch.randn(example.shape, generator=torch.Generator().manual_seed(1))  # proves the check can fail
         with torch.inference_mode():
-            expected = model.eval()(example).float()
+            expected, other = (model.eval()(x.float()).float() for x in (example, other))
         b = PROFILED[engine]
-        if got.shape != expected.shape or not torch.allclose(got, expected, atol=b.atol, rtol=b.rtol):
-            diff = (got - expected).abs().max().item() if got.shape == expected.shape else float("nan")
-            raise PruneBenchError(f"{engine}'s output differs from the model's (max |diff| {diff:.3g}): "
-                                  "its layer times are not reported")
+        check_parity(got, expected, other, b.atol, b.rtol, f"{engine}'s output (its layer times are not reported)")
         reply = worker.request(op="layers", runs=runs)
     finally:
         worker.close()
