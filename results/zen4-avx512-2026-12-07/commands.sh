@@ -20,3 +20,16 @@ echo "== done $(date +%T)"
 #   .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 $MODELS/uniform-s90.pt \
 #     $MODELS/emptied-s90.pt --backends onnxruntime,sparse-direct,sparse-direct-kernels,deepsparse \
 #     --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 -o results/zen4-avx512-2026-12-07/ab-run2
+# later the same day, same kernels (per-core/, iterative/, side-by-side-*.txt, avx2/):
+#   .venv/bin/python -m bench.ab synthetic:0.9 synthetic:0.95 --backends onnxruntime,sparse-direct,deepsparse \
+#     --deepsparse-python ~/ds/bin/python --batch-size 16 --threads 1 --blocks 10 -o $OUT/per-core
+#   .venv/bin/python experiments/other_pruned.py $MODELS   # iterative-s90.pt among them
+#   for bs in 64 1; do .venv/bin/python -m bench.ab synthetic:0.9 $MODELS/iterative-s90.pt \
+#     --backends onnxruntime,sparse-direct,sparse-direct-kernels,deepsparse --deepsparse-python ~/ds/bin/python \
+#     --batch-size $bs --blocks 12 -o $OUT/iterative/bs$bs; done
+#   .venv/bin/python experiments/side_by_side.py synthetic:0.9    # and synthetic:0.95
+#   for bs in 64 1; do NM_ARCH=avx2 PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 \
+#     synthetic:0.9 synthetic:0.95 --backends onnxruntime,sparse-direct,sparse-direct-kernels,deepsparse \
+#     --deepsparse-python ~/ds/bin/python --batch-size $bs --blocks 12 -o $OUT/avx2/bs$bs; done
+#   NM_ARCH=avx2 PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.layers synthetic:0.9 --batch-size 64 --pass-runs 20 \
+#     --peer deepsparse --peer-python ~/ds/bin/python -o $OUT/avx2
