@@ -33,3 +33,6 @@ echo "== done $(date +%T)"
 #     --deepsparse-python ~/ds/bin/python --batch-size $bs --blocks 12 -o $OUT/avx2/bs$bs; done
 #   NM_ARCH=avx2 PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.layers synthetic:0.9 --batch-size 64 --pass-runs 20 \
 #     --peer deepsparse --peer-python ~/ds/bin/python -o $OUT/avx2
+#   PRUNEBENCH_CACHE=$(mktemp -d) NM_ARCH=avx2 PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.ab synthetic:0.9 synthetic:0.95 \
+#     --backends onnxruntime,sparse-direct,sparse-direct-kernels,deepsparse --deepsparse-python ~/ds/bin/python \
+#     --batch-size 64 --blocks 12 -o $OUT/avx2/bs64-run2
