@@ -51,7 +51,7 @@ def emptied(sparsity: float) -> nn.Module:
     return model
 
 
-def iterative(sparsity: float) -> nn.Module:
+def iterative(sparsity: float, images: int = 512) -> nn.Module:
     from prune.data import DataSettings, load_data
     from prune.platform import set_seed
     from prune.train import PruneSettings, TrainSettings, prune_and_finetune
@@ -59,7 +59,7 @@ def iterative(sparsity: float) -> nn.Module:
     model = synthetic_resnet18(0.0)
     train = TrainSettings(epochs=1, batch_size=64, lr=5e-4, schedule="cosine", device="cpu", workers=0, progress=False)
     set_seed(train.seed)
-    data = load_data(DataSettings(dataset="synthetic", train_limit=512, test_limit=128))
+    data = load_data(DataSettings(dataset="synthetic", train_limit=images, test_limit=128))
     prune_and_finetune(model, data, PruneSettings(sparsity=sparsity, rounds=3), train)
     return model.cpu().eval()
 

@@ -7,7 +7,7 @@ import torch
 
 import sys
 
-from experiments import kind_ab, other_pruned, peer_layers
+from experiments import conv_variants, kind_ab, other_pruned, peer_layers, side_by_side
 from prune.errors import PruneBenchError
 from prune.models import prunable_layers
 
@@ -28,6 +28,19 @@ def test_emptied_model_has_whole_filters_and_one_conv_empty():
             continue
         empty = int((conv.weight.flatten(1) == 0).all(1).sum())
         assert empty >= conv.weight.shape[0] // 4, name  # a quarter emptied, besides those pruning emptied
+
+
+def test_iterative_pruning_reaches_the_target_through_rounds_of_fine_tuning():
+    from bench.models import synthetic_resnet18
+
+    model = other_pruned.iterative(0.9, images=64)
+    layers = prunable_layers(model)
+    zeros = sum(int((m.weight == 0).sum()) for m in layers.values()) / sum(m.weight.numel() for m in layers.values())
+    assert zeros == pytest.approx(0.9, abs=1e-3)
+    # the weights moved between rounds: the survivors are not the dense model's own values
+    dense = prunable_layers(synthetic_resnet18(0.0))["layer1.0.conv1"].weight
+    kept = layers["layer1.0.conv1"].weight != 0
+    assert not torch.equal(layers["layer1.0.conv1"].weight[kept], dense[kept])
 
 
 def test_other_pruned_refuses_to_overwrite(tmp_path):
@@ -59,3 +72,25 @@ def test_peer_layers_times_a_worker_and_our_kernels_on_each_shape(monkeypatch, c
         peer_layers.main([sys.executable, "--batch", "8"])
     with pytest.raises(PruneBenchError, match="no Python interpreter at /no/python"):
         peer_layers.main(["/no/python"])
+
+
+def test_conv_variants_reads_printed_variants_and_times_them(capsys):
+    v = conv_variants.parse("sweep(R=2,V=4,block=2048,chunk=16,tiles)")
+    assert (v.kind, v.R, v.V, v.block, v.chunk, v.tiles) == ("sweep", 2, 4, 2048, 16, True)
+    assert str(conv_variants.parse(str(v))) == str(v)
+    assert conv_variants.main(["16", "4", "0.5", "sweep(R=1,V=4,chunk=8,tiles)", "dense(R=4,V=4)"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("GMAC/s" in line for line in lines)
+    with pytest.raises(PruneBenchError, match="unknown kernel kind 'nokind'"):
+        conv_variants.parse("nokind(R=1)")
+    with pytest.raises(PruneBenchError, match="as the engine prints it"):
+        conv_variants.parse("sweep R=1")
+    with pytest.raises(PruneBenchError, match="DENSITY in"):
+        conv_variants.main(["16", "4", "1.5", "sweep(R=1,V=4,chunk=8,tiles)"])
+
+
+def test_side_by_side_bad_input_is_a_one_line_error(tmp_path):
+    with pytest.raises(PruneBenchError, match="at least 1"):
+        side_by_side.main(["synthetic:0.9", "--rounds", "0"])
+    with pytest.raises(PruneBenchError, match="no checkpoint file"):
+        side_by_side.main([str(tmp_path / "missing.pt")])
