@@ -239,13 +239,19 @@ def format_table(results: list[ABResult], settings: ABSettings, threads: int) ->
 
 def instruction_sets(results: list[ABResult], names: Sequence[str]) -> dict[str, str]:
     """backend -> the instruction set(s) its kernels ran, where the backend says (our kernels, an external engine)."""
+    from bench.backends.sparse_direct import KERNELS_RAN
+
     out = {}
     for n in names:
-        found = sorted({str(isa) for r in results for info in [r.info.get(n, {})]
-                        for isa in (info.get("kernel_isa") if info.get("ran", "sparse-direct-kernels") ==
-                                    "sparse-direct-kernels" else None, info.get("engine_isa")) if isa})
+        found = set()
+        for r in results:
+            info = r.info.get(n, {})
+            if info.get("kernel_isa") and info.get("ran", KERNELS_RAN) == KERNELS_RAN:  # else ONNX Runtime ran it
+                found.add(str(info["kernel_isa"]))
+            if info.get("engine_isa"):
+                found.add(str(info["engine_isa"]))
         if found:
-            out[n] = " and ".join(found)
+            out[n] = " and ".join(sorted(found))
     return out
 
 
