@@ -5,7 +5,7 @@
 A 3x3 conv of COUT output channels on an HW x HW output (COUT / stride input channels of stride * HW), its
 weights seeded random with DENSITY of them left, ReLU after. VARIANT as the engine prints it, e.g.
 "sweep(R=1,V=8,chunk=16,tiles)". Every variant's output is checked against torch's conv2d first; then one call
-of each in turn, 20 rounds, the fastest call counting (as the engine chooses). Prints ms and GMAC/s of nonzero
+of each in turn, 20 rounds, the fastest call counting (``bench.timing.time_ops``, as the engine chooses). Prints ms and GMAC/s of nonzero
 work per variant, fastest first.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from bench.kernels import Act, ConvGeometry, Variant
 from bench.kernels.kinds import ConvOp, kind_of
 from bench.kernels.layout import from_act, to_act
+from bench.timing import time_ops
 from exporters import run_cli
 from prune.errors import PruneBenchError
 
@@ -68,16 +68,11 @@ def main(argv: list[str]) -> int:
         if not torch.allclose(from_act(op.out, geom.out), expected, atol=1e-3, rtol=1e-3):
             raise PruneBenchError(f"{v}: output differs from torch's conv2d: not timed")
         ops[str(v)] = op
-    best = {name: float("inf") for name in ops}
-    for _ in range(20):
-        for name, op in ops.items():
-            t = time.perf_counter()
-            op()
-            best[name] = min(best[name], time.perf_counter() - t)
+    best_ms = time_ops(ops, rounds=20, give_up=None)
     macs = args.cout * cin * 9 * args.hw * args.hw * n * args.density
     shape = f"{cin}->{args.cout} x {args.hw}x{args.hw}, stride {s}, {n} image(s), {args.density:.0%} left"
-    for name, t in sorted(best.items(), key=lambda kv: kv[1]):
-        print(f"{shape}: {name:42s} {t * 1e3:7.3f} ms {macs / t * 1e-9:5.1f} GMAC/s")
+    for name, ms in sorted(best_ms.items(), key=lambda kv: kv[1]):
+        print(f"{shape}: {name:42s} {ms:7.3f} ms {macs / ms * 1e-6:5.1f} GMAC/s")
     return 0
 
 

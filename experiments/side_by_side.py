@@ -5,7 +5,8 @@ engine runs its own chunks on the other core, interleaved.
 
 MODEL: synthetic:S or a checkpoint. A batch of 64 is prepared as ``bench.ab`` prepares it (two single-threaded
 engines, chunks of 16 images, choices from the cache), and the first engine's output checked against the model.
-Then, in each round, three passes of one chunk through the first engine with every step timed, once with the
+Then, in each round, three passes of one chunk through the first engine with every step timed (``time_pass``,
+after its two untimed ones), once with the
 second engine idle and once with it running chunks back to back; the rounds alternate which comes first. Prints
 the mean ms per chunk of each step over 0.3 ms, alone and beside the other engine, and the whole pass.
 """
@@ -13,29 +14,17 @@ the mean ms per chunk of each step over 0.3 ms, alone and beside the other engin
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import threading
 import time
 
 import torch
 
-from bench.kernels.engine import EngineSettings, ParallelEngine, compile_model
-from bench.kernels.kinds import ConvOp
+from bench.kernels.engine import EngineSettings, ParallelEngine, compile_model, time_pass
 from bench.models import example_batch, load, model_spec
 from exporters import run_cli
 from prune.errors import PruneBenchError
-
-
-def step_times(engine, x: torch.Tensor, passes: int) -> list[float]:
-    """Mean ms per step over ``passes`` passes of one chunk ``x``."""
-    total = [0.0] * len(engine.steps)
-    for _ in range(passes):
-        engine.slots[engine.input_slot] = x
-        for i, step in enumerate(engine.steps):
-            t = time.perf_counter()
-            step()
-            total[i] += time.perf_counter() - t
-    return [t / passes * 1e3 for t in total]
 
 
 def main(argv: list[str]) -> int:
@@ -55,10 +44,8 @@ def main(argv: list[str]) -> int:
         x, y = example[:16].contiguous(), example[16:32].contiguous()
         if not torch.allclose(first._run_chunk(x), model(x), atol=1e-3, rtol=1e-3):
             raise PruneBenchError(f"{args.model}: the engine does not match the model: not timed")
-        names = iter(r.name for r in first.layers)
-        labels = [next(names) if isinstance(s, ConvOp) else "other" for s in first.steps]
         choices = first.choices()
-        sums = {"alone": [0.0] * len(labels), "beside": [0.0] * len(labels)}
+        passes = {"alone": [], "beside": []}  # per mode, time_pass's PassTimes of each round
         for k in range(args.rounds):
             for mode in ("alone", "beside") if k % 2 == 0 else ("beside", "alone"):
                 stop = threading.Event()
@@ -66,11 +53,13 @@ def main(argv: list[str]) -> int:
                 if mode == "beside":
                     busy.start()
                     time.sleep(0.05)
-                sums[mode] = [a + b for a, b in zip(sums[mode], step_times(first, x, 3))]
+                passes[mode].append(time_pass(first, x, 3))  # one chunk: that engine's passes, every step timed
                 if mode == "beside":
                     stop.set()
                     busy.join()
-    alone, beside = ([t / args.rounds for t in sums[m]] for m in ("alone", "beside"))
+    labels = passes["alone"][0].labels
+    alone, beside = ([statistics.fmean(t for p in passes[m] for t in p.steps_ms[i]) for i in range(len(labels))]
+                     for m in ("alone", "beside"))
     print(f"{args.model}: ms per chunk of 16 images, one engine alone and beside a second one on the other core "
           f"(mean of {3 * args.rounds} passes each)")
     for label, a, b in zip(labels, alone, beside):

@@ -76,12 +76,9 @@ def test_an_engine_error_comes_back_as_one_line(tmp_path):
 def test_what_an_engine_prints_stays_out_of_the_replies():
     import subprocess
 
-    from bench.backends.external import WORKER
-
-    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); import external_worker as w; replies = w.own_stdout(); "
+    code = ("import os; from bench.backends.external_worker import own_stdout; replies = own_stdout(); "
             "print('from python'); os.write(1, b'from c\\n'); replies.write('reply\\n'); replies.flush()")
-    done = subprocess.run([sys.executable, "-I", "-c", code, str(WORKER.parent)], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout == "reply\n"
     assert "from python" in done.stderr and "from c" in done.stderr
 

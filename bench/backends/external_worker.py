@@ -42,7 +42,8 @@ def _deepsparse(path: str, batch: int, threads: int):
     return (lambda x: engine.run([x])[0]), deepsparse.__version__, cpu_architecture().isa
 
 
-def _onnxruntime(path: str, batch: int, threads: int):
+def _onnxruntime_options(threads: int):
+    """The session options the worker times ONNX Runtime with, and profiles it with."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -50,7 +51,13 @@ def _onnxruntime(path: str, batch: int, threads: int):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return options
+
+
+def _onnxruntime(path: str, batch: int, threads: int):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, _onnxruntime_options(threads), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return (lambda x: session.run(None, {name: x})[0]), ort.__version__, None
 
@@ -73,16 +80,11 @@ def _deepsparse_layers(path: str, x, threads: int, runs: int) -> tuple[list[dict
 
 def _onnxruntime_layers(path: str, x, threads: int, runs: int) -> tuple[list[dict], float]:
     """ONNX Runtime's profiler: each node's kernel time, after the graph optimisations fused what they fuse."""
-    import os
     import tempfile
 
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # as it is timed
+    options = _onnxruntime_options(threads)  # as it is timed
     with tempfile.TemporaryDirectory() as folder:
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, "profile")
