@@ -233,7 +233,7 @@ def profiler_python(engine: str, python: str = "") -> str:
                                   f"{DEEPSPARSE_PYTHON} (the README has the recipe for its venv)")
     missing = missing_interpreter(python)
     if missing:
-        raise PruneBenchError(missing)
+        raise PruneBenchError(f"{missing}: give the engine's interpreter (its venv's bin/python)")
     return python
 
 
