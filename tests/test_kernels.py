@@ -398,7 +398,7 @@ def test_winograd_is_offered_for_sixteen_images_where_a_fifth_of_the_weights_are
     def offered(geom, density, regs=32, everything=False):
         return [(v.R, v.V) for v in K.candidate_variants(geom, density, 2, everything, regs) if v.kind == "winograd"]
 
-    assert offered(batch, 0.5) == [(4, 6), (4, 4)] and offered(batch, 0.5, regs=8) == [(2, 2), (1, 4)]
+    assert offered(batch, 0.5) == [(16, 1), (4, 4), (4, 6)] and offered(batch, 0.5, regs=8) == [(2, 2), (1, 4)]
     assert offered(batch, 0.1) == [] and offered(batch, 0.1, everything=True)  # sparse enough to skip zeros
     strided = ConvGeometry.make(Act(64, 32, 32, 16, 1), 64, (3, 3), 2, 1, 1)
     one = ConvGeometry.make(Act(64, 32, 32, 1, 1), 64, (3, 3), 1, 1, 1)
@@ -660,7 +660,7 @@ def test_register_budget_of_the_tiles():
     # the panel kernel: R x V accumulators, one input, a pattern's R weights (two per ymm pair on AVX2)
     assert {t for t in PANEL_TILES if K.fits_registers("panel", *t, 8)} == {(2, 2), (2, 3), (4, 1)}
     assert all(K.fits_registers("panel", *t, 32) for t in PANEL_TILES)
-    # the Winograd product: R x V accumulators, R broadcast weights, one input
+    # the Winograd product: R x V accumulators, R broadcast weights, one input (V = 1: weights broadcast from memory)
     assert {t for t in WINO_TILES if K.fits_registers("winograd", *t, 8)} == {(2, 2), (1, 4)}
     assert all(K.fits_registers("winograd", *t, 32) for t in WINO_TILES)
     assert K.vector_registers() in (8, 32)

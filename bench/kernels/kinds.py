@@ -42,7 +42,9 @@ COLS_V = (1, 2, 4)  # tiles compiled for the cols kernel
 COLS_MAX_POSITIONS = 1024  # the C++'s per-channel sum buffer
 COLS_MAX_BYTES = 384 * 1024  # the gathered taps must stay in L2 while every output channel reads them
 PANEL_TILES = ((2, 2), (2, 3), (2, 4), (4, 1), (4, 4), (4, 6))  # (R, V) compiled for the panel kernel
-WINO_TILES = ((4, 6), (4, 4), (2, 2), (1, 4))  # (R, V) compiled for the Winograd product, widest first
+# (R, V) compiled for the Winograd product, in order of preference: R = 16 channels of one tile first, whose
+# small block of transformed inputs stays in L2 on the 32x32 and 16x16 planes
+WINO_TILES = ((16, 1), (4, 4), (4, 6), (2, 2), (1, 4))
 STACK_TILES = ((2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (8, 1), (2, 2), (4, 2), (6, 2))  # (rows, V) compiled
 
 
@@ -541,8 +543,10 @@ class Winograd(Kind):
     skips_zeros = False
     compiled = WINO_TILES
 
-    def fits(self, R, V, regs):  # R x V accumulators, R broadcast weights, one input vector
-        return R * V + R + 1 <= regs
+    def fits(self, R, V, regs):
+        if V == 1:  # each weight serves one multiply-add, broadcast from memory: R accumulators, an input, a weight
+            return R + 2 <= regs
+        return R * V + R + 1 <= regs  # R x V accumulators, R broadcast weights, one input vector
 
     def applies(self, geom):
         i, o = geom.inp, geom.out
@@ -554,7 +558,7 @@ class Winograd(Kind):
         if not self.applies(o.geom) or (o.density < 0.2 and not o.everything):
             return []
         tiles = [(r, v) for r, v in WINO_TILES if self.fits(r, v, o.regs)]
-        return [Variant("winograd", r, v) for r, v in tiles[:2]]
+        return [Variant("winograd", r, v) for r, v in tiles[:3]]
 
     def check(self, geom, v):
         super().check(geom, v)

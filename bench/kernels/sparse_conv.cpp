@@ -824,7 +824,26 @@ static void wino_run(const float* in, int64_t istride, int64_t cin, int64_t ty_n
                     float* q = vin + ci * BV + sl * 16;
                     for (int xi = 0; xi < 36; xi++) st(q + xi * cin * BV, d[xi / 6][xi % 6]);
                 }
+            // the next block's lines, a 36th of them at each point of this block's product, which hides their trip
+            // from L3 or memory: its input tiles (which the input transform would wait on), the output lines its
+            // output transform writes and the residual it adds
+            const int64_t nxt = tb + 1 < nblocks * (un + 1) / units ? std::min<int64_t>(V, tiles - (tb + 1) * V) : 0;
             for (int xi = 0; xi < 36; xi++) {
+                for (int sl = 0; sl < nxt; sl++) {
+                    const int64_t T = (tb + 1) * V + sl, ty = T / tx_n, tx = T % tx_n;
+                    for (int64_t ci = cin * xi / 36; ci < cin * (xi + 1) / 36; ci++) {
+                        const float* p = in + ci * istride + ((iborder + 4 * ty - 1) * ipitch + iborder + 4 * tx - 1) * 16;
+                        for (int i = 0; i < 6; i++)
+                            for (int j = 0; j < 6; j++) __builtin_prefetch(p + (i * ipitch + j) * 16, 0, 2);
+                    }
+                    for (int64_t co = cout * xi / 36; co < cout * (xi + 1) / 36; co++)
+                        for (int a = 0; a < 4; a++)
+                            for (int c = 0; c < 4; c++) {
+                                const int64_t f = ((oborder + 4 * ty + a) * opitch + oborder + 4 * tx + c) * 16;
+                                __builtin_prefetch(out + co * ostride + f, 1, 2);
+                                if (res) __builtin_prefetch(res + co * rstride + f, 0, 2);
+                            }
+                }
                 const float* x0 = vin + xi * cin * BV;
                 for (int64_t g = 0; g < ngroups; g++) {
                     const float* w = u + (xi * ngroups + g) * cin * R;
@@ -879,7 +898,7 @@ void conv_winograd(int R, int V, int64_t in, int64_t istride, int64_t cin, int64
         return wino_run<RR, VV>(ptr<const float*>(in), istride, cin, H / 4, W / 4, ipitch, iborder, ptr<float*>(out), \
                                 ostride, cout, opitch, oborder, ptr<const float*>(u), ptr<const float*>(bias),     \
                                 ptr<const float*>(res), rstride, relu, ptr<float*>(scratch), nthreads);
-    PB_CALL(4, 6) PB_CALL(4, 4) PB_CALL(2, 2) PB_CALL(1, 4)
+    PB_CALL(16, 1) PB_CALL(4, 6) PB_CALL(4, 4) PB_CALL(2, 2) PB_CALL(1, 4)
 #undef PB_CALL
     throw std::invalid_argument("sparse_conv: no winograd kernel for this (R, V)");
 }
