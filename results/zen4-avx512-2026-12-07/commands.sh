@@ -36,3 +36,11 @@ echo "== done $(date +%T)"
 #   PRUNEBENCH_CACHE=$(mktemp -d) NM_ARCH=avx2 PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.ab synthetic:0.9 synthetic:0.95 \
 #     --backends onnxruntime,sparse-direct,sparse-direct-kernels,deepsparse --deepsparse-python ~/ds/bin/python \
 #     --batch-size 64 --blocks 12 -o $OUT/avx2/bs64-run2
+# with Winograd's 16-channel tile and prefetch (wino16/):
+#   git show 89c5b0f:bench/kernels/sparse_conv.cpp > /tmp/before.cpp
+#   .venv/bin/python results/zen4-avx512-2026-12-07/wino16/two_builds_ab.py /tmp/before.cpp 64 2 synthetic:0.9 \
+#     synthetic:0.95 synthetic:0 synthetic:0.5   # and with PRUNEBENCH_ISA=avx2: synthetic:0.9 synthetic:0
+#   .venv/bin/python experiments/other_pruned.py $MODELS
+#   .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 $MODELS/uniform-s90.pt \
+#     $MODELS/iterative-s90.pt --backends onnxruntime,sparse-direct,deepsparse --deepsparse-python ~/ds/bin/python \
+#     --batch-size 64 --blocks 12 -o $OUT/wino16 --force
