@@ -378,6 +378,17 @@ def test_winograd_kernel_matches_conv2d_on_random_shapes(cin, cout, h, w, sparsi
     torch.testing.assert_close(got, expected.relu() if relu else expected, atol=float(2e-5 * mass), rtol=1e-4)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_winograd_wide_tile_over_several_channel_groups_and_blocks(threads):
+    # 40 channels: two groups of 16 and a part one; a 12 x 16 plane: twelve blocks of one tile, whose next
+    # block's lines each block prefetches, across the work units of two threads
+    x, weight, bias, res, expected = random_case(7, 16, 20, 40, 12, 16, sparsity=0.5, residual=True)
+    got = sparse_conv2d(x, weight, bias, padding=1, residual=res, relu=True, variant=Variant("winograd", 16, 1),
+                        threads=threads)
+    mass = F.conv2d(x.abs(), weight.abs(), bias.abs(), padding=1).max()
+    torch.testing.assert_close(got, expected.relu(), atol=float(2e-5 * mass), rtol=1e-4)
+
+
 def test_winograd_leaves_the_border_zero_and_refuses_what_it_cannot_run():
     torch.manual_seed(1)
     geom = ConvGeometry.make(Act(8, 8, 8, 16, 1), 8, (3, 3), 1, 1, 1)
