@@ -44,8 +44,8 @@ echo "== done $(date +%T)"
 #   .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 $MODELS/uniform-s90.pt \
 #     $MODELS/iterative-s90.pt --backends onnxruntime,sparse-direct,deepsparse --deepsparse-python ~/ds/bin/python \
 #     --batch-size 64 --blocks 12 -o $OUT/wino16 --force
-#   .venv/bin/python -m bench.layers synthetic:0.9 --batch-size 64 --pass-runs 20 --peer deepsparse \
-#     --peer-python ~/ds/bin/python -o $OUT/wino16 --force
+#   for m in synthetic:0.9 synthetic:0.95; do .venv/bin/python -m bench.layers $m --batch-size 64 --pass-runs 20 \
+#     --peer deepsparse --peer-python ~/ds/bin/python -o $OUT/wino16 --force; done
 #   PRUNEBENCH_CACHE=$(mktemp -d) NM_ARCH=avx2 PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 \
 #     synthetic:0.9 synthetic:0.95 --backends onnxruntime,sparse-direct,deepsparse --deepsparse-python ~/ds/bin/python \
 #     --batch-size 64 --blocks 12 -o $OUT/wino16/avx2 --force
