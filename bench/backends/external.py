@@ -88,6 +88,7 @@ class Worker:
 
     def close(self) -> None:
         self._finalizer()
+        self._log.close()
 
     def request(self, **fields) -> dict:
         try:

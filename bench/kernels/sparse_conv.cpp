@@ -806,6 +806,14 @@ static void wino_run(const float* in, int64_t istride, int64_t cin, int64_t ty_n
     constexpr int64_t BV = V * 16;  // floats per (point, channel) row of a block
     const int64_t tiles = ty_n * tx_n, nblocks = (tiles + V - 1) / V, ngroups = (cout + R - 1) / R;
     const int64_t units = wino_units(nblocks, nthreads), per_unit = 36 * (cin + cout) * BV;
+    // tile T's first input pixel in channel ci, image (4 ty - 1, 4 tx - 1): in the border where outside
+    const auto tile_in = [&](int64_t ci, int64_t T) {
+        return in + ci * istride + ((iborder + 4 * (T / tx_n) - 1) * ipitch + iborder + 4 * (T % tx_n) - 1) * 16;
+    };
+    // where tile T's first output pixel is in a channel's plane; pixel (a, c) of the tile is (a * opitch + c) * 16 on
+    const auto tile_out = [&](int64_t T) {
+        return ((oborder + 4 * (T / tx_n)) * opitch + oborder + 4 * (T % tx_n)) * 16;
+    };
     pool().run(nthreads, units, [&](int64_t un) {
         float* vin = scratch + un * per_unit;
         float* vout = vin + 36 * cin * BV;
@@ -813,9 +821,7 @@ static void wino_run(const float* in, int64_t istride, int64_t cin, int64_t ty_n
             const int ns = (int)std::min<int64_t>(V, tiles - tb * V);  // the last block's spare slots keep old values
             for (int64_t ci = 0; ci < cin; ci++)
                 for (int sl = 0; sl < ns; sl++) {
-                    const int64_t T = tb * V + sl, ty = T / tx_n, tx = T % tx_n;
-                    // the tile's first input pixel is image (4 ty - 1, 4 tx - 1): in the border where outside
-                    const float* p = in + ci * istride + ((iborder + 4 * ty - 1) * ipitch + iborder + 4 * tx - 1) * 16;
+                    const float* p = tile_in(ci, tb * V + sl);
                     vf d[6][6], t[6][6];
                     for (int i = 0; i < 6; i++)
                         for (int j = 0; j < 6; j++) d[i][j] = ld(p + (i * ipitch + j) * 16);
@@ -830,16 +836,16 @@ static void wino_run(const float* in, int64_t istride, int64_t cin, int64_t ty_n
             const int64_t nxt = tb + 1 < nblocks * (un + 1) / units ? std::min<int64_t>(V, tiles - (tb + 1) * V) : 0;
             for (int xi = 0; xi < 36; xi++) {
                 for (int sl = 0; sl < nxt; sl++) {
-                    const int64_t T = (tb + 1) * V + sl, ty = T / tx_n, tx = T % tx_n;
+                    const int64_t T = (tb + 1) * V + sl, o0 = tile_out(T);
                     for (int64_t ci = cin * xi / 36; ci < cin * (xi + 1) / 36; ci++) {
-                        const float* p = in + ci * istride + ((iborder + 4 * ty - 1) * ipitch + iborder + 4 * tx - 1) * 16;
+                        const float* p = tile_in(ci, T);
                         for (int i = 0; i < 6; i++)
                             for (int j = 0; j < 6; j++) __builtin_prefetch(p + (i * ipitch + j) * 16, 0, 2);
                     }
                     for (int64_t co = cout * xi / 36; co < cout * (xi + 1) / 36; co++)
                         for (int a = 0; a < 4; a++)
                             for (int c = 0; c < 4; c++) {
-                                const int64_t f = ((oborder + 4 * ty + a) * opitch + oborder + 4 * tx + c) * 16;
+                                const int64_t f = o0 + (a * opitch + c) * 16;
                                 __builtin_prefetch(out + co * ostride + f, 1, 2);
                                 if (res) __builtin_prefetch(res + co * rstride + f, 0, 2);
                             }
@@ -867,7 +873,7 @@ static void wino_run(const float* in, int64_t istride, int64_t cin, int64_t ty_n
             for (int64_t co = 0; co < cout; co++) {
                 const vf b = bc(bias[co]);
                 for (int sl = 0; sl < ns; sl++) {
-                    const int64_t T = tb * V + sl, ty = T / tx_n, tx = T % tx_n;
+                    const int64_t o0 = tile_out(tb * V + sl);
                     const float* q = vout + co * BV + sl * 16;
                     vf m[6][6], s[4][6], y[4][4];
                     for (int xi = 0; xi < 36; xi++) m[xi / 6][xi % 6] = ld(q + xi * cout * BV);
@@ -875,7 +881,7 @@ static void wino_run(const float* in, int64_t istride, int64_t cin, int64_t ty_n
                     for (int a = 0; a < 4; a++) wino_at(&s[a][0], 1, &y[a][0], 1);
                     for (int a = 0; a < 4; a++)
                         for (int c = 0; c < 4; c++) {  // only image pixels are written: the border stays zero
-                            const int64_t f = ((oborder + 4 * ty + a) * opitch + oborder + 4 * tx + c) * 16;
+                            const int64_t f = o0 + (a * opitch + c) * 16;
                             vf v = y[a][c] + b;
                             if (res) v += ld(res + co * rstride + f);
                             if (relu) v = relu0(v);
