@@ -28,7 +28,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from bench.kernels.build import kernel_module, vector_registers
+from bench.kernels.build import built_isa, kernel_module, vector_registers
+from bench.kernels.jit import PackedJit
+from bench.kernels.jit import regs_fit as jit_regs_fit
 from bench.kernels.layout import VEC, ConvGeometry
 from bench.kernels.pack import PackedPanels, PackedRows, PackedSweep, PackedWeights, PackedWinograd, dense_nbytes
 from prune.errors import PruneBenchError
@@ -261,6 +263,56 @@ class Sweep(Kind):
             row_len, p.ends.data_ptr(), p.nchunks, p.src.data_ptr(), p.val.data_ptr(), p.bias.data_ptr(),
             *op.residual_args, op.mask.data_ptr(), op.relu, op.threads,
         )
+
+
+class Jit(Kind):
+    """Code written for this conv's nonzeros, for 16 images: R output channels in registers, each input column
+    loaded once for every channel of the group that reads it (``bench.kernels.jit``)."""
+
+    name = "jit"
+
+    def fits(self, R, V, regs):
+        return jit_regs_fit(R, V, "avx512" if regs >= 32 else "avx2")
+
+    def applies(self, geom):
+        return geom.inp.N == VEC
+
+    def offer(self, o):
+        if o.density == 0 or not self.applies(o.geom) or built_isa() not in ("avx512", "avx2"):
+            return []
+        r = 24 if o.wide else 6
+        return [Variant("jit", r, 1, o.blocks[-1], c, True) for c in (16, 32) if c < o.geom.inp.C] or [
+            Variant("jit", r, 1, o.blocks[-1], 0, True)]
+
+    def check(self, geom, v):
+        if not self.applies(geom):
+            raise PruneBenchError("the jit kernel takes 16 images at a time")
+        if built_isa() not in ("avx512", "avx2"):
+            raise PruneBenchError("the jit kernel needs an AVX2 or AVX-512 build")
+        if not jit_regs_fit(v.R, v.V, built_isa()):
+            raise PruneBenchError(f"no jit kernel of R={v.R}, V={v.V} fits a {built_isa()} build's registers")
+        if geom.out.W % v.V:
+            raise PruneBenchError(f"a jit tile of V={v.V} positions needs an output width that is a multiple of {v.V}")
+
+    def pack_key(self, v):
+        return ("jit", v.R, v.V, v.chunk)
+
+    def pack(self, weight, bias, geom, v):
+        o = geom.out
+        return PackedJit.pack(weight, bias, geom.tap_offsets(), o.stride, (o.W, o.pitch * o.N), v.R, v.V, v.chunk,
+                              built_isa())
+
+    def bind(self, op, v, p):
+        if op.out.stride(0) != p.ostride:
+            raise PruneBenchError("the jit kernel's output has another channel stride than its code was written for")
+        t0, t1, block, row_pitch, row_len = _span(op, v)
+        return kernel_module().conv_jit, (
+            p.table.data_ptr(), p.ngroups, p.nchunks, p.R, op.source.data_ptr(), op.out.data_ptr(), p.ostride, t0,
+            t1, block, row_pitch, row_len, *op.residual_args, op.mask.data_ptr(), op.relu, op.threads,
+        )
+
+    def nbytes(self, op):
+        return op.packed.nbytes
 
 
 def rows_fit(geom: ConvGeometry) -> bool:
@@ -586,7 +638,7 @@ STACK = Stack()
 # in order of preference: the order each conv's candidates are listed and timed in
 KINDS: dict[str, Kind] = {
     k.name: k
-    for k in (Sparse(), Sweep(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Winograd(), Channels(), Torch())
+    for k in (Sparse(), Sweep(), Jit(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Winograd(), Channels(), Torch())
 }
 SPARSE_KINDS = tuple(name for name, k in KINDS.items() if k.skips_zeros)
 DENSE_KINDS = tuple(name for name, k in KINDS.items() if not k.skips_zeros)

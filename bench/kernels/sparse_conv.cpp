@@ -940,6 +940,41 @@ void conv_sweep(int RR, int V, int64_t in, int64_t out, int64_t ostride, int64_t
     throw std::invalid_argument("sparse_conv: no sweep kernel for this (rows, V)");
 }
 
+// ---- "jit": code written for one conv's nonzeros (bench/kernels/jit.py), one function per (input chunk, group of
+// R output channels), each looping over a block of rows with the group's accumulators in registers. Here only
+// the order: a block of rows runs every chunk's functions, chunk by chunk, so the chunk's inputs under the block
+// stay in cache while every group reads them; the groups' partial sums pass between chunks through the output.
+// More rows per call fetch each function's code fewer times; fewer keep the block's inputs in L1.
+using jit_fn = void (*)(const float* x, float* o, int64_t rows, const float* res, int64_t res_stride_bytes,
+                        const float* mask, int64_t relu);
+
+void conv_jit(int64_t table, int64_t ngroups, int64_t nchunks, int64_t R, int64_t in, int64_t out, int64_t ostride,
+              int64_t t0, int64_t t1, int64_t block, int64_t row_pitch, int64_t row_len, int64_t res, int64_t rstride,
+              int64_t mask, bool relu, int nthreads) {
+    const Span sp{t0, t1, block, row_pitch, row_len};
+    if (row_len <= 0) throw std::invalid_argument("sparse_conv: the jit kernel runs whole rows of vectors");
+    const jit_fn* fns = ptr<const jit_fn*>(table);
+    const float* x = ptr<const float*>(in);
+    const float* r = ptr<const float*>(res);
+    const float* m = ptr<const float*>(mask);
+    float* o = ptr<float*>(out);
+    const int64_t nblocks = sp.nblocks(), units = std::min<int64_t>(nblocks, 4 * std::max(1, nthreads));
+    pool().run(nthreads, units, [&](int64_t u) {
+        for (int64_t b = nblocks * u / units; b < nblocks * (u + 1) / units; b++) {
+            int64_t t, e;
+            sp.segment(b, 0, t, e);
+            const int64_t rows = sp.nsegs(b);
+            for (int64_t c = 0; c < nchunks; c++)
+                for (int64_t g = 0; g < ngroups; g++) {
+                    const jit_fn f = fns[c * ngroups + g];
+                    if (f)
+                        f(x + t, o + g * R * ostride + t, rows, r ? r + g * R * rstride + t : nullptr,
+                          rstride * (int64_t)sizeof(float), m + t, relu);
+                }
+        }
+    });
+}
+
 void conv_rows(int V, int64_t in, int64_t out, int64_t ostride, int64_t cout, int64_t t0, int64_t t1, int64_t block,
                int64_t row_pitch, int64_t row_len, int64_t rptr, int64_t vptr, int64_t nchunks, int64_t src,
                int64_t val, int64_t bias, int64_t res, int64_t rstride, int64_t mask, bool relu, bool tile_major,
@@ -1235,6 +1270,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     using release = pybind11::call_guard<pybind11::gil_scoped_release>;
     m.def("conv", &conv, release(), "sparse direct convolution over a flat zero-bordered layout (pointers as integers)");
     m.def("conv_sweep", &conv_sweep, release(), "sparse direct convolution of 16 images, each tile sweeping every channel chunk by chunk");
+    m.def("conv_jit", &conv_jit, release(), "sparse convolution of 16 images through code written for its nonzeros");
     m.def("conv_rows", &conv_rows, release(), "sparse direct convolution with nonzeros grouped by kernel row");
     m.def("conv_cols", &conv_cols, release(), "sparse convolution of one small picture over its compact im2col");
     m.def("conv_panel", &conv_panel, release(), "sparse convolution, R output channels sharing each input's loads");

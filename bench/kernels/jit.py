@@ -1,0 +1,227 @@
+"""Machine code written for one convolution's nonzeros: the "jit" kind's code generator.
+
+A group of R output channels keeps R accumulators (one vector of 16 images each) in
+registers. For each (input channel, tap) column that any channel of the group reads, the
+input vector is loaded once and multiplied into every accumulator whose channel has a
+nonzero there, its weight broadcast from the code's own constant table. Which channels read
+which column differs from column to column, so the instructions that name those registers
+are written out for this conv's weights alone, one function per (input chunk, group), each
+looping over the positions of a row (after Wilkinson et al. 2023, "Register Tiling for
+Unstructured Sparsity in Neural Network Inference", and the code generation of SparseRT,
+Wang 2020). A loaded input then serves several multiply-adds, where one entry per nonzero
+("sweep") loads an input for each.
+
+The functions are written as assembly text, assembled and linked into a shared library with
+the C++ compiler that builds the kernels, and cached on disk under a hash of their text.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import hashlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from prune.errors import PruneBenchError
+
+# The generated functions, in C: void f(const float* x, float* o, int64_t rows, const float* res,
+# int64_t res_stride_bytes, const float* mask, int64_t relu): x = input + t, o = the group's first output
+# channel + t, for `rows` rows of positions (vectors) from t on, a row's width and pitch written into the code;
+# the last chunk adds the residual (res != 0), applies the ReLU and the mask. The first chunk starts from the
+# bias, later ones from the partial sums in o.
+
+
+def regs_fit(R: int, V: int, isa: str) -> bool:
+    """Whether R x V accumulators, V input vectors and a broadcast weight fit the registers of ``isa``."""
+    if isa == "avx512":
+        return R >= 1 and V >= 1 and R * V + V + (V > 1) <= 32 - (V == 1)
+    return R >= 1 and V >= 1 and 2 * (R * V + V) + 1 <= 16
+
+
+def _floats(name: str, values: torch.Tensor) -> list[str]:
+    bits = values.detach().float().contiguous().view(torch.int32).tolist()
+    lines = ["  .p2align 6", f"{name}:"]
+    for i in range(0, len(bits), 16):
+        lines.append("  .long " + ",".join(str(b) for b in bits[i : i + 16]))
+    return lines
+
+
+def _function(name: str, wname: str, cols: list[tuple[int, list[tuple[int, int]]]], bias_name: str, co0: int,
+              nr: int, V: int, row: tuple[int, int], ostride: int, first: bool, last: bool, isa: str) -> list[str]:
+    """One (chunk, group) function: ``cols`` lists (input offset in floats, [(accumulator, weight index)]); V
+    positions per turn of its loop; ``row``: (positions per row, floats from one row's start to the next)."""
+    os_b = 4 * ostride
+    width, pitch = row
+    skip = 4 * pitch - 64 * width  # bytes from a row's end to the next row's start
+    if isa == "avx512":  # a vector is one zmm: accumulators from zmm0 up, inputs from zmm31 down, then the weight
+        acc = [[[f"%zmm{r * V + v}"] for v in range(V)] for r in range(nr)]
+        xin = [[f"%zmm{31 - v}"] for v in range(V)]
+        wreg = f"%zmm{31 - V}"
+    else:  # a vector is a ymm pair
+        acc = [[[f"%ymm{2 * (r * V + v)}", f"%ymm{2 * (r * V + v) + 1}"] for v in range(V)] for r in range(nr)]
+        xin = [[f"%ymm{15 - 2 * v - 1}", f"%ymm{15 - 2 * v}"] for v in range(V)]
+        wreg = f"%ymm{15 - 2 * V}"
+    halves = len(xin[0])
+    step = 64 // halves  # bytes per register
+    zero, mask = xin[0][0], wreg  # free once the multiply-adds are done
+
+    def each(fmt, base: int = 0) -> list[str]:  # fmt(register, byte offset) for every accumulator register
+        return [fmt(acc[r][v][h], r * os_b + 64 * v + step * h + base) for r in range(nr) for v in range(V)
+                for h in range(halves)]
+
+    out = ["  .p2align 5", f"{name}:", "0:", f"  movq ${width}, %rax", "1:"]
+    if first:
+        for r in range(nr):
+            out.append(f"  vbroadcastss {bias_name}+{4 * (co0 + r)}(%rip), {acc[r][0][0]}")
+            out += [f"  vmovaps {acc[r][0][0]}, {reg}" for v in range(V) for reg in acc[r][v] if reg != acc[r][0][0]]
+    else:
+        out += each(lambda reg, b: f"  vmovups {b}(%rsi), {reg}")
+    for off, uses in cols:
+        out += [f"  vmovups {4 * off + 64 * v + step * h}(%rdi), {xin[v][h]}" for v in range(V) for h in range(halves)]
+        for r, k in uses:
+            w = f"{wname}+{4 * k}(%rip)"
+            if V == 1 and halves == 1:  # the weight broadcast from memory by the multiply-add itself
+                out.append(f"  vfmadd231ps {w}{{1to16}}, {xin[0][0]}, {acc[r][0][0]}")
+                continue
+            out.append(f"  vbroadcastss {w}, {wreg}")
+            out += [f"  vfmadd231ps {wreg}, {xin[v][h]}, {acc[r][v][h]}" for v in range(V) for h in range(halves)]
+    if not last:
+        out += each(lambda reg, b: f"  vmovups {reg}, {b}(%rsi)")
+    else:
+        out += ["  testq %rcx, %rcx", "  jz 2f", "  movq %rcx, %r10"]
+        for r in range(nr):
+            out += [f"  vaddps {64 * v + step * h}(%r10), {acc[r][v][h]}, {acc[r][v][h]}" for v in range(V)
+                    for h in range(halves)]
+            if r < nr - 1:
+                out.append("  addq %r8, %r10")
+        out += [f"  addq ${64 * V}, %rcx", "2:", "  cmpq $0, 8(%rsp)", "  je 3f", f"  vxorps {zero}, {zero}, {zero}"]
+        out += each(lambda reg, b: f"  vmaxps {zero}, {reg}, {reg}")
+        out.append("3:")
+        for v in range(V):
+            for h in range(halves):
+                out.append(f"  vmovups {64 * v + step * h}(%r9), {mask}")
+                for r in range(nr):
+                    reg = acc[r][v][h]
+                    out += [f"  vmulps {mask}, {reg}, {reg}", f"  vmovups {reg}, {r * os_b + 64 * v + step * h}(%rsi)"]
+        out.append(f"  addq ${64 * V}, %r9")
+    out += [f"  addq ${64 * V}, %rdi", f"  addq ${64 * V}, %rsi", f"  subq ${V}, %rax", "  jnz 1b"]
+    out += [f"  addq ${skip}, %rdi", f"  addq ${skip}, %rsi"]
+    if last:
+        out += [f"  addq ${skip}, %r9", "  testq %rcx, %rcx", "  jz 4f", f"  addq ${skip}, %rcx", "4:"]
+    out += ["  decq %rdx", "  jnz 0b", "  vzeroupper", "  ret"]
+    return out
+
+
+def assembly(weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, ostride: int,
+             row: tuple[int, int], R: int, V: int, chunk: int, isa: str) -> tuple[str, list[int | None]]:
+    """The assembly of one conv's functions, and for each (chunk, group) in that order the index of its
+    function in the table (None: nothing to do there)."""
+    cout, cin = weight.shape[:2]
+    chunk = chunk if chunk and chunk < cin else cin
+    nchunks, ngroups = -(-cin // chunk), -(-cout // R)
+    k = weight[0, 0].numel()
+    w = weight.detach().float().reshape(cout, cin * k)
+    off = offsets.reshape(cin * k).tolist()
+    b = torch.zeros(cout) if bias is None else bias.detach().float()
+    text = ["  .text"]
+    data = ["  .section .rodata"] + _floats("pbj_bias", b)
+    names: list[str | None] = []
+    for c in range(nchunks):
+        first, last = c == 0, c == nchunks - 1
+        for g in range(ngroups):
+            co0, nr = g * R, min(R, cout - g * R)
+            sub = w[co0 : co0 + nr, c * chunk * k : min(cin, (c + 1) * chunk) * k]
+            col, chan = (sub.t() != 0).nonzero(as_tuple=True)  # sorted by column, then channel
+            if col.numel() == 0 and not (first or last):
+                names.append(None)
+                continue
+            name, wname = f"pbj_{c}_{g}", f"pbj_w_{c}_{g}"
+            vals = sub.t()[col, chan]
+            cols: list[tuple[int, list[tuple[int, int]]]] = []
+            prev = -1
+            for i, (cc, r) in enumerate(zip(col.tolist(), chan.tolist())):
+                if cc != prev:
+                    cols.append((off[c * chunk * k + cc], []))
+                    prev = cc
+                cols[-1][1].append((r, i))
+            text += _function(name, wname, cols, "pbj_bias", co0, nr, V, row, ostride, first, last, isa)
+            if vals.numel():
+                data += _floats(wname, vals)
+            else:
+                data += [f"{wname}:"]
+            names.append(name)
+    present = [n for n in names if n is not None]
+    table = ["  .section .data.rel.ro", "  .p2align 3", "  .globl pbj_table", "pbj_table:"]
+    table += [f"  .quad {n}" for n in present]
+    asm = "\n".join(text + data + table + ['  .section .note.GNU-stack,"",@progbits', ""])
+    index, i = [], 0
+    for n in names:
+        index.append(None if n is None else i)
+        i += n is not None
+    return asm, index
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("PRUNEBENCH_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prunebench")
+    return Path(root) / "jit"
+
+
+def load(asm: str) -> ctypes.CDLL:
+    """The shared library of ``asm``: built once (assembled and linked by the C++ compiler), then from the cache."""
+    digest = hashlib.sha1(asm.encode()).hexdigest()[:20]
+    folder = _cache_dir()
+    path = folder / f"{digest}.so"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            s, so = Path(tmp) / "code.s", Path(tmp) / "code.so"
+            s.write_text(asm)
+            cxx = os.environ.get("CXX", "c++")
+            try:
+                done = subprocess.run([cxx, "-shared", "-nostdlib", "-o", str(so), str(s)], capture_output=True,
+                                      text=True)
+            except OSError as e:
+                raise PruneBenchError(f"cannot assemble the jit kernel ({e}): it needs a C++ compiler") from None
+            if done.returncode:
+                first = (done.stderr.strip().splitlines() or ["no message"])[0]
+                raise PruneBenchError(f"cannot assemble the jit kernel: {first[:200]}")
+            os.replace(so, path)  # atomic: engines preparing at once each see a whole library
+    return ctypes.CDLL(str(path))
+
+
+@dataclasses.dataclass
+class PackedJit:
+    """One conv's generated code: ``table`` holds, per (chunk, group), its function's address (0: none)."""
+
+    lib: ctypes.CDLL
+    table: torch.Tensor  # (nchunks * ngroups,) int64
+    R: int
+    V: int
+    cout: int
+    ngroups: int
+    nchunks: int
+    ostride: int  # floats between output channels, as the code was written for
+    nbytes: int  # code and constants
+
+    @classmethod
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, ostride: int,
+             row: tuple[int, int], R: int, V: int, chunk: int, isa: str) -> "PackedJit":
+        if isa not in ("avx512", "avx2") or not regs_fit(R, V, isa):
+            raise PruneBenchError(f"no jit kernel of R={R}, V={V} fits a {isa} build's registers")
+        if offsets.numel() and int(offsets.abs().max()) * 4 + 64 * R >= 2**31:
+            raise PruneBenchError("activation too large for the jit kernel's 32-bit offsets: use a smaller batch")
+        cout, cin = weight.shape[:2]
+        asm, index = assembly(weight, bias, offsets, ostride, row, R, V, chunk, isa)
+        lib = load(asm)
+        n = sum(i is not None for i in index)
+        addresses = list((ctypes.c_int64 * n).in_dll(lib, "pbj_table")) if n else []
+        table = torch.tensor([0 if i is None else addresses[i] for i in index], dtype=torch.int64)
+        size = Path(lib._name).stat().st_size
+        chunk = chunk if chunk and chunk < cin else cin
+        return cls(lib, table, R, V, cout, -(-cout // R), -(-cin // chunk), ostride, size)
