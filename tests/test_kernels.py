@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import kernels as K
-from bench.kernels import build
+from bench.kernels import build, jit
 from bench.kernels import (
     KERNELS,
     PANEL_TILES,
@@ -271,6 +273,84 @@ def test_sweep_is_offered_for_sixteen_images_in_tiles_that_fit():
     with pytest.raises(K.PruneBenchError, match="sweep kernel takes 16 images"):
         K.ConvOp(one, torch.randn(256, 256, 3, 3), None, Variant("sweep", 1, 4, chunk=8, tiles=True),
                  one.inp.alloc(), None, None, None, False, 1)
+
+
+# the jit kernel: code written per conv; groups of R channels (partial ones too), chunks from one channel to all,
+# two positions per turn where a row has an even width
+JIT = [Variant("jit", r, v, chunk=c) for r, v in ((24, 1), (6, 1), (3, 1), (14, 2), (2, 2), (1, 1)) for c in (0, 1, 16)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cin=st.integers(1, 40),
+    cout=st.integers(1, 30),
+    hw=st.integers(1, 9),
+    k=st.sampled_from([1, 3]),
+    stride=st.integers(1, 2),
+    sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]),
+    variant=st.sampled_from(JIT),
+    residual=st.booleans(),
+    threads=st.sampled_from([1, 2]),
+    rows=st.sampled_from([0, 1, 3]),
+    seed=st.integers(0, 2**16),
+)
+def test_jit_kernel_matches_conv2d_on_random_shapes(cin, cout, hw, k, stride, sparsity, variant, residual, threads,
+                                                    rows, seed):
+    x, weight, bias, res, expected = random_case(seed, 16, cin, cout, hw, hw, k, stride, sparsity, residual)
+    wout = expected.shape[3]
+    v = dataclasses.replace(variant, block=rows * (wout + 1) * 16)  # calls of whole rows: one, three or all
+    run = lambda: sparse_conv2d(x, weight, bias, stride=stride, padding=k // 2, residual=res, relu=True,
+                                variant=v, threads=threads)
+    if not K.fits_registers("jit", v.R, v.V):
+        with pytest.raises(K.PruneBenchError, match="fits a avx2 build's registers"):
+            run()
+        return
+    if wout % v.V:  # two positions per turn need rows of an even width
+        with pytest.raises(K.PruneBenchError, match="multiple of 2"):
+            run()
+        return
+    torch.testing.assert_close(run(), expected.relu(), atol=1e-4, rtol=1e-4)
+
+
+def test_jit_code_loads_each_column_once_for_its_group():
+    # two channels in one group; input channels 0 and 1 in chunks of one: columns (0, tap 0) read by both channels,
+    # (0, tap 8) by channel 1, (1, tap 4) by channel 0
+    w = torch.zeros(2, 3, 3, 3)
+    w[0, 0, 0, 0], w[1, 0, 0, 0], w[1, 0, 2, 2], w[0, 1, 1, 1] = 1.0, 2.0, 3.0, 4.0
+    geom = ConvGeometry.make(Act(3, 5, 5, 16, 1), 2, (3, 3), 1, 1, 1)
+    off, o = geom.tap_offsets(), geom.out
+    asm, index = jit.assembly(w, None, off, o.stride, (o.W, o.pitch * o.N), 2, 1, 1, "avx512")
+    assert index == [0, 1, 2]  # chunk 2 (input channel 2) has no nonzeros but ends the sum: it still runs
+    body = asm.split("pbj_0_0:")[1].split("pbj_1_0:")[0]
+    loads = [line.split()[1] for line in body.splitlines() if "(%rdi)" in line]
+    assert loads == [f"{4 * off[0, 0, 0]}(%rdi),", f"{4 * off[0, 2, 2]}(%rdi),"]  # two columns, one load each
+    fmas = [line for line in body.splitlines() if "vfmadd231ps" in line]
+    assert [f.split()[-1] for f in fmas] == ["%zmm0", "%zmm1", "%zmm1"]  # (0, tap 0) into both, (0, tap 8) into 1
+    assert "vbroadcastss pbj_bias" in body and "vmulps" not in body  # the first chunk starts from the bias
+    last = asm.split("pbj_2_0:")[1]
+    assert "vfmadd231ps" not in last.split("pbj_w")[0] and "vmaxps" in last and "vmulps" in last
+    # a middle chunk with nothing to add is skipped
+    w3 = torch.zeros(2, 3, 3, 3)
+    w3[0, 0, 1, 1] = w3[1, 2, 1, 1] = 1.0
+    _, index = jit.assembly(w3, None, off, o.stride, (o.W, o.pitch * o.N), 2, 1, 1, "avx2")
+    assert index == [0, None, 1]
+
+
+def test_jit_is_offered_for_sixteen_sparse_images():
+    def offered(c, density, regs=32, n=16):
+        geom = ConvGeometry.make(Act(c, 8, 8, n, 1), c, (3, 3), 1, 1, 1)
+        return sorted((v.R, v.V, v.chunk) for v in K.candidate_variants(geom, density, 1, False, regs)
+                      if v.kind == "jit")
+
+    assert offered(256, 0.1) == [(24, 1, 16), (24, 1, 32)]
+    assert offered(256, 0.1, regs=8) == [(6, 1, 16), (6, 1, 32)]
+    assert offered(16, 0.3) == [(24, 1, 0)]  # no chunk as large as the input's channels
+    assert offered(256, 0.0) == offered(256, 0.5) == offered(256, 0.1, n=1) == []
+    assert K.fits_registers("jit", 24, 1, 32) and K.fits_registers("jit", 6, 1, 8)
+    assert not K.fits_registers("jit", 31, 1, 32) and not K.fits_registers("jit", 7, 1, 8)
+    one = ConvGeometry.make(Act(8, 8, 8, 1, 1), 8, (3, 3), 1, 1, 1)
+    with pytest.raises(K.PruneBenchError, match="jit kernel takes 16 images"):
+        K.ConvOp(one, torch.randn(8, 8, 3, 3), None, Variant("jit", 6, 1), one.inp.alloc(), None, None, None, False, 1)
 
 
 def test_panel_packing_by_hand():

@@ -47,6 +47,8 @@ PANEL_TILES = ((2, 2), (2, 3), (2, 4), (4, 1), (4, 4), (4, 6))  # (R, V) compile
 # (R, V) compiled for the Winograd product, in order of preference: R = 16 channels of one tile first, whose
 # small block of transformed inputs stays in L2 on the 32x32 and 16x16 planes
 WINO_TILES = ((16, 1), (4, 4), (4, 6), (2, 2), (1, 4))
+JIT_R = {True: 24, False: 6}  # output channels per group in the jit kernel: AVX-512 (32 registers), AVX2 (16 ymm)
+JIT_MAX_DENSITY = 0.4  # the jit kind is offered up to this fraction of weights left
 STACK_TILES = ((2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (8, 1), (2, 2), (4, 2), (6, 2))  # (rows, V) compiled
 
 
@@ -278,11 +280,11 @@ class Jit(Kind):
         return geom.inp.N == VEC
 
     def offer(self, o):
-        if o.density == 0 or not self.applies(o.geom) or built_isa() not in ("avx512", "avx2"):
+        # denser layers run Winograd or dense tiles faster, and their code would be megabytes
+        if not 0 < o.density <= JIT_MAX_DENSITY or not self.applies(o.geom) or built_isa() == "generic":
             return []
-        r = 24 if o.wide else 6
-        return [Variant("jit", r, 1, o.blocks[-1], c, True) for c in (16, 32) if c < o.geom.inp.C] or [
-            Variant("jit", r, 1, o.blocks[-1], 0, True)]
+        chunks = [c for c in (16, 32) if c < o.geom.inp.C] or [0]
+        return [Variant("jit", JIT_R[o.wide], 1, o.blocks[0], c) for c in chunks]
 
     def check(self, geom, v):
         if not self.applies(geom):
