@@ -49,6 +49,7 @@ PANEL_TILES = ((2, 2), (2, 3), (2, 4), (4, 1), (4, 4), (4, 6))  # (R, V) compile
 WINO_TILES = ((16, 1), (4, 4), (4, 6), (2, 2), (1, 4))
 JIT_R = {True: 24, False: 6}  # output channels per group in the jit kernel: AVX-512 (32 registers), AVX2 (16 ymm)
 JIT_MAX_DENSITY = 0.4  # the jit kind is offered up to this fraction of weights left
+JIT_PARTIALS = 256 * 1024  # bytes of partial sums one call of the jit kernel may keep (a share of L2)
 STACK_TILES = ((2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (8, 1), (2, 2), (4, 2), (6, 2))  # (rows, V) compiled
 
 
@@ -267,6 +268,15 @@ class Sweep(Kind):
         )
 
 
+def jit_block(geom: ConvGeometry) -> int:
+    """Positions per call of the jit kernel: whole rows, as many as keep every channel's partial sums under them
+    within JIT_PARTIALS, so that they stay in L2 between input chunks (timed alone, a whole plane ran as fast,
+    but in a pass its partial sums went through L3); 0 for the whole plane."""
+    o = geom.out
+    rows = max(1, JIT_PARTIALS // (o.C * o.W * o.N * 4))
+    return 0 if rows >= o.H else rows * o.pitch * o.N
+
+
 class Jit(Kind):
     """Code written for this conv's nonzeros, for 16 images: R output channels in registers, each input column
     loaded once for every channel of the group that reads it (``bench.kernels.jit``)."""
@@ -284,7 +294,7 @@ class Jit(Kind):
         if not 0 < o.density <= JIT_MAX_DENSITY or not self.applies(o.geom) or built_isa() == "generic":
             return []
         chunks = [c for c in (16, 32) if c < o.geom.inp.C] or [0]
-        return [Variant("jit", JIT_R[o.wide], 1, o.blocks[0], c) for c in chunks]
+        return [Variant("jit", JIT_R[o.wide], 1, jit_block(o.geom), c) for c in chunks]
 
     def check(self, geom, v):
         if not self.applies(geom):
