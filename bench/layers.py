@@ -37,6 +37,7 @@ import torch
 from exporters import run_cli
 from prune.cli import add_settings, settings_from
 from prune.errors import PruneBenchError
+from prune.platform import cache_bytes
 
 @dataclasses.dataclass
 class ProfileSettings:
@@ -103,24 +104,11 @@ class Roof:
     l2_bytes: int  # the L2 size the choice between them uses
 
 
-def _cache_bytes(level: int, default: int) -> int:
-    """The size of this CPU's level-``level`` cache (Linux sysfs), else ``default``."""
-    base = Path("/sys/devices/system/cpu/cpu0/cache")
-    for index in sorted(base.glob("index*")) if base.exists() else []:
-        try:
-            if int((index / "level").read_text()) == level and (index / "type").read_text().strip() != "Instruction":
-                text = (index / "size").read_text().strip().upper()
-                return int(text[:-1]) * (1 << 10 if text.endswith("K") else 1 << 20) if text[-1] in "KM" else int(text)
-        except (OSError, ValueError):
-            continue
-    return default
-
-
 def measure_roof(threads: int) -> Roof:
     """The peaks a layer's time is held against (about a second)."""
     from bench.noise import buffers, copy_bandwidth, matmul_rate
 
-    l2, l3 = _cache_bytes(2, 1 << 20), _cache_bytes(3, 32 << 20)
+    l2, l3 = cache_bytes(2, 1 << 20), cache_bytes(3, 32 << 20)
     # the best of three at two sizes: a peak, not a typical speed (a small product can miss the peak)
     rate = max(matmul_rate(threads, n=n) for n in (256, 1024) for _ in range(3)) / 2
     in_l2 = max(copy_bandwidth(*buffers(l2 // 4)) for _ in range(3))

@@ -6,6 +6,7 @@ import datetime as _dt
 import os
 import platform as _platform
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +44,19 @@ def cpu_name() -> str:
     except OSError:
         pass
     return _platform.processor() or _platform.machine()
+
+
+def cache_bytes(level: int, default: int) -> int:
+    """The size of this CPU's level-``level`` data cache (Linux sysfs), else ``default``."""
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(base.glob("index*")) if base.exists() else []:
+        try:
+            if int((index / "level").read_text()) == level and (index / "type").read_text().strip() != "Instruction":
+                text = (index / "size").read_text().strip().upper()
+                return int(text[:-1]) * (1 << 10 if text.endswith("K") else 1 << 20) if text[-1] in "KM" else int(text)
+        except (OSError, ValueError):
+            continue
+    return default
 
 
 def cpu_flags() -> set[str]:

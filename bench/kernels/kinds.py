@@ -34,6 +34,7 @@ from bench.kernels.jit import regs_fit as jit_regs_fit
 from bench.kernels.layout import VEC, ConvGeometry
 from bench.kernels.pack import PackedPanels, PackedRows, PackedSweep, PackedWeights, PackedWinograd, dense_nbytes
 from prune.errors import PruneBenchError
+from prune.platform import cache_bytes
 
 # (R, V) pairs compiled into the extension's ``conv``: R output channels share a pattern, V vectors per tile
 KERNELS = ((1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 8), (1, 12), (1, 16), (2, 1), (2, 2), (3, 1), (3, 2),
@@ -49,7 +50,6 @@ PANEL_TILES = ((2, 2), (2, 3), (2, 4), (4, 1), (4, 4), (4, 6))  # (R, V) compile
 WINO_TILES = ((16, 1), (4, 4), (4, 6), (2, 2), (1, 4))
 JIT_R = {True: 24, False: 6}  # output channels per group in the jit kernel: AVX-512 (32 registers), AVX2 (16 ymm)
 JIT_MAX_DENSITY = 0.4  # the jit kind is offered up to this fraction of weights left
-JIT_PARTIALS = 256 * 1024  # bytes of partial sums one call of the jit kernel may keep (a share of L2)
 STACK_TILES = ((2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (8, 1), (2, 2), (4, 2), (6, 2))  # (rows, V) compiled
 
 
@@ -270,10 +270,12 @@ class Sweep(Kind):
 
 def jit_block(geom: ConvGeometry) -> int:
     """Positions per call of the jit kernel: whole rows, as many as keep every channel's partial sums under them
-    within JIT_PARTIALS, so that they stay in L2 between input chunks (timed alone, a whole plane ran as fast,
-    but in a pass its partial sums went through L3); 0 for the whole plane."""
+    within half of L2, so that they stay there between input chunks; 0 for the whole plane. Each call runs the
+    conv's whole code once: on small planes (4 x 4) more calls fetched its megabyte or two of code that many
+    times (2 rows a call: 1.36x the whole plane's time), while on larger ones a whole plane's partial sums
+    went through L3 in the pass."""
     o = geom.out
-    rows = max(1, JIT_PARTIALS // (o.C * o.W * o.N * 4))
+    rows = max(1, cache_bytes(2, 1 << 20) // 2 // (o.C * o.W * o.N * 4))
     return 0 if rows >= o.H else rows * o.pitch * o.N
 
 
