@@ -8,15 +8,18 @@ order of preference; the engine walks that list. Adding a kind: one object here 
 section of ``sparse_conv.cpp``.
 
 The kinds: "sparse" (each output channel's nonzeros, a tile of V vectors in registers; after
-Elsen et al. 2020, "Fast Sparse ConvNets"), "rows" (16 images: the 2-3 nonzero taps of a
-kernel row share the vectors they load), "panel" (one picture: R output channels in
-registers, each input column loaded once for all of them that read it; after Wilkinson et
-al. 2023), "cols" (one small picture over its gathered taps), "stack" (one picture whose
-rows are whole vectors: a kernel column's taps share their loads across R output rows),
-"grouped" (R channels share the union of their patterns), "dense" (every weight, R channels
-x V vectors per tile), "winograd" (every weight, 3x3 convs of 16 images as Winograd's
-F(4x4, 3x3), 4x fewer multiply-adds), "channels" (every weight, 16 output channels per vector)
-and "torch" (torch's conv2d on a view of the layout).
+Elsen et al. 2020, "Fast Sparse ConvNets"), "sweep" (16 images: each tile runs every output
+channel, input chunk by chunk), "jit" (16 images: code written for the layer's nonzeros, R
+output channels in registers, each input column loaded once for all of them; ``jit.py``),
+"rows" (16 images: the 2-3 nonzero taps of a kernel row share the vectors they load),
+"panel" (one picture: R output channels in registers, each input column loaded once for all
+of them that read it; after Wilkinson et al. 2023), "cols" (one small picture over its
+gathered taps), "stack" (one picture whose rows are whole vectors: a kernel column's taps
+share their loads across R output rows), "grouped" (R channels share the union of their
+patterns), "dense" (every weight, R channels x V vectors per tile), "winograd" (every
+weight, 3x3 convs of 16 images as Winograd's F(4x4, 3x3), 4x fewer multiply-adds),
+"channels" (every weight, 16 output channels per vector) and "torch" (torch's conv2d on a
+view of the layout).
 """
 
 from __future__ import annotations
