@@ -6,7 +6,7 @@ input vector is loaded once and multiplied into every accumulator whose channel 
 nonzero there, its weight broadcast from the code's own constant table. Which channels read
 which column differs from column to column, so the instructions that name those registers
 are written out for this conv's weights alone, one function per (input chunk, group), each
-looping over the positions of a row (after Wilkinson et al. 2023, "Register Tiling for
+looping over the positions of a block of rows (after Wilkinson et al. 2023, "Register Tiling for
 Unstructured Sparsity in Neural Network Inference", and the code generation of SparseRT,
 Wang 2020). A loaded input then serves several multiply-adds, where one entry per nonzero
 ("sweep") loads an input for each.
@@ -36,10 +36,11 @@ from prune.errors import PruneBenchError
 
 
 def regs_fit(R: int, V: int, isa: str) -> bool:
-    """Whether R x V accumulators, V input vectors and a broadcast weight fit the registers of ``isa``."""
-    if isa == "avx512":
-        return R >= 1 and V >= 1 and R * V + V + (V > 1) <= 32 - (V == 1)
-    return R >= 1 and V >= 1 and 2 * (R * V + V) + 1 <= 16
+    """Whether R x V accumulators, V input vectors and a broadcast weight (with V = 1 on AVX-512 the mask's
+    register in the epilogue) fit the vector registers of ``isa``: 32 zmm, or 16 ymm with a vector a pair."""
+    if R < 1 or V < 1:
+        return False
+    return R * V + V + 1 <= 32 if isa == "avx512" else 2 * (R * V + V) + 1 <= 16
 
 
 def _floats(name: str, values: torch.Tensor) -> list[str]:

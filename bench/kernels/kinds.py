@@ -274,9 +274,8 @@ class Sweep(Kind):
 def jit_block(geom: ConvGeometry) -> int:
     """Positions per call of the jit kernel: whole rows, as many as keep every channel's partial sums under them
     within half of L2, so that they stay there between input chunks; 0 for the whole plane. Each call runs the
-    conv's whole code once: on small planes (4 x 4) more calls fetched its megabyte or two of code that many
-    times (2 rows a call: 1.36x the whole plane's time), while on larger ones a whole plane's partial sums
-    went through L3 in the pass."""
+    conv's whole code once: on small planes (4 x 4) more calls would fetch its megabyte or two of code that
+    many times, while on larger ones a whole plane's partial sums would go through L3 in a pass."""
     o = geom.out
     rows = max(1, cache_bytes(2, 1 << 20) // 2 // (o.C * o.W * o.N * 4))
     return 0 if rows >= o.H else rows * o.pitch * o.N
@@ -655,7 +654,8 @@ STACK = Stack()
 # in order of preference: the order each conv's candidates are listed and timed in
 KINDS: dict[str, Kind] = {
     k.name: k
-    for k in (Sparse(), Sweep(), Jit(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Winograd(), Channels(), Torch())
+    for k in (Sparse(), Sweep(), Jit(), Rows(), Panel(), Cols(), STACK, Grouped(), Dense(), Winograd(), Channels(),
+              Torch())
 }
 SPARSE_KINDS = tuple(name for name, k in KINDS.items() if k.skips_zeros)
 DENSE_KINDS = tuple(name for name, k in KINDS.items() if not k.skips_zeros)
