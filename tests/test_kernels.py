@@ -226,21 +226,13 @@ def test_sweep_packing_by_hand():
 
 # the sweep kernel: 16 images, every tile compiled, chunks from one channel to all
 SWEEP = [Variant("sweep", r, v, chunk=c, tiles=True) for r, v in SWEEP_TILES for c in (0, 1, 3)]
+# what the 16-image kernels' random cases draw besides their sizes and variant
+CASE16 = dict(k=st.sampled_from([1, 3]), stride=st.integers(1, 2), sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]),
+              residual=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    cin=st.integers(1, 9),
-    cout=st.integers(1, 9),
-    hw=st.integers(1, 7),
-    k=st.sampled_from([1, 3]),
-    stride=st.integers(1, 2),
-    sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]),
-    variant=st.sampled_from(SWEEP),
-    residual=st.booleans(),
-    threads=st.sampled_from([1, 2]),
-    seed=st.integers(0, 2**16),
-)
+@given(cin=st.integers(1, 9), cout=st.integers(1, 9), hw=st.integers(1, 7), variant=st.sampled_from(SWEEP), **CASE16)
 def test_sweep_kernel_matches_conv2d_on_random_shapes(cin, cout, hw, k, stride, sparsity, variant, residual, threads,
                                                       seed):
     x, weight, bias, res, expected = random_case(seed, 16, cin, cout, hw, hw, k, stride, sparsity, residual)
@@ -281,19 +273,8 @@ JIT = [Variant("jit", r, v, chunk=c) for r, v in ((24, 1), (6, 1), (3, 1), (14, 
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    cin=st.integers(1, 40),
-    cout=st.integers(1, 30),
-    hw=st.integers(1, 9),
-    k=st.sampled_from([1, 3]),
-    stride=st.integers(1, 2),
-    sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]),
-    variant=st.sampled_from(JIT),
-    residual=st.booleans(),
-    threads=st.sampled_from([1, 2]),
-    rows=st.sampled_from([0, 1, 3]),
-    seed=st.integers(0, 2**16),
-)
+@given(cin=st.integers(1, 40), cout=st.integers(1, 30), hw=st.integers(1, 9), variant=st.sampled_from(JIT),
+       rows=st.sampled_from([0, 1, 3]), **CASE16)
 def test_jit_kernel_matches_conv2d_on_random_shapes(cin, cout, hw, k, stride, sparsity, variant, residual, threads,
                                                     rows, seed):
     x, weight, bias, res, expected = random_case(seed, 16, cin, cout, hw, hw, k, stride, sparsity, residual)
