@@ -120,7 +120,7 @@ def _function(name: str, wname: str, cols: list[tuple[int, list[tuple[int, int]]
     out += [f"  addq ${skip}, %rdi", f"  addq ${skip}, %rsi"]
     if last:
         out += [f"  addq ${skip}, %r9", "  testq %rcx, %rcx", "  jz 4f", f"  addq ${skip}, %rcx", "4:"]
-    out += ["  decq %rdx", "  jnz 0b", "  vzeroupper", "  ret"]
+    out += ["  decq %rdx", "  jnz 0b", "  vzeroupper", "  ret", f"{name}_end:"]
     return out
 
 
@@ -165,6 +165,7 @@ def assembly(weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Ten
     present = [n for n in names if n is not None]
     table = ["  .section .data.rel.ro", "  .p2align 3", "  .globl pbj_table", "pbj_table:"]
     table += [f"  .quad {n}" for n in present]
+    table += ["  .globl pbj_sizes", "pbj_sizes:"] + [f"  .quad {n}_end - {n}" for n in present]
     asm = "\n".join(text + data + table + ['  .section .note.GNU-stack,"",@progbits', ""])
     index, i = [], 0
     for n in names:
@@ -196,6 +197,7 @@ class PackedJit:
 
     lib: ctypes.CDLL
     table: torch.Tensor  # (nchunks * ngroups,) int64
+    sizes: torch.Tensor  # (nchunks * ngroups,) int64: each function's bytes of code
     R: int
     V: int
     cout: int
@@ -217,6 +219,8 @@ class PackedJit:
         lib, size = load(asm)
         n = sum(i is not None for i in index)
         addresses = list((ctypes.c_int64 * n).in_dll(lib, "pbj_table")) if n else []
+        sizes = list((ctypes.c_int64 * n).in_dll(lib, "pbj_sizes")) if n else []
         table = torch.tensor([0 if i is None else addresses[i] for i in index], dtype=torch.int64)
+        code = torch.tensor([0 if i is None else sizes[i] for i in index], dtype=torch.int64)
         chunk = chunk if chunk and chunk < cin else cin
-        return cls(lib, table, R, V, cout, -(-cout // R), -(-cin // chunk), ostride, size)
+        return cls(lib, table, code, R, V, cout, -(-cout // R), -(-cin // chunk), ostride, size)

@@ -323,8 +323,9 @@ class Jit(Kind):
             raise PruneBenchError("the jit kernel's output has another channel stride than its code was written for")
         t0, t1, block, row_pitch, row_len = _span(op, v)
         return kernel_module().conv_jit, (
-            p.table.data_ptr(), p.ngroups, p.nchunks, p.R, op.source.data_ptr(), op.out.data_ptr(), p.ostride, t0,
-            t1, block, row_pitch, row_len, *op.residual_args, op.mask.data_ptr(), op.relu, op.threads,
+            p.table.data_ptr(), p.sizes.data_ptr(), p.ngroups, p.nchunks, p.R,
+            op.source.data_ptr(), op.out.data_ptr(), p.ostride, t0, t1, block, row_pitch, row_len, *op.residual_args,
+            op.mask.data_ptr(), op.relu, op.threads,
         )
 
     def nbytes(self, op):

@@ -945,32 +945,40 @@ void conv_sweep(int RR, int V, int64_t in, int64_t out, int64_t ostride, int64_t
 // the order: a block of rows runs every chunk's functions, chunk by chunk, so the chunk's inputs under the block
 // stay in cache while every group reads them; the groups' partial sums pass between chunks through the output.
 // More rows per call fetch each function's code fewer times; fewer keep the block's inputs in L1.
+// sizes[i]: bytes of code of function i (fns[i]), which follow one another in table order.
 using jit_fn = void (*)(const float* x, float* o, int64_t rows, const float* res, int64_t res_stride_bytes,
                         const float* mask, int64_t relu);
 
-void conv_jit(int64_t table, int64_t ngroups, int64_t nchunks, int64_t R, int64_t in, int64_t out, int64_t ostride,
-              int64_t t0, int64_t t1, int64_t block, int64_t row_pitch, int64_t row_len, int64_t res, int64_t rstride,
-              int64_t mask, bool relu, int nthreads) {
+void conv_jit(int64_t table, int64_t sizes, int64_t ngroups, int64_t nchunks, int64_t R, int64_t in, int64_t out,
+              int64_t ostride, int64_t t0, int64_t t1, int64_t block, int64_t row_pitch, int64_t row_len, int64_t res,
+              int64_t rstride, int64_t mask, bool relu, int nthreads) {
     const Span sp{t0, t1, block, row_pitch, row_len};
     if (row_len <= 0) throw std::invalid_argument("sparse_conv: the jit kernel runs whole rows of vectors");
     const jit_fn* fns = ptr<const jit_fn*>(table);
+    const int64_t* size = ptr<const int64_t*>(sizes);
     const float* x = ptr<const float*>(in);
     const float* r = ptr<const float*>(res);
     const float* m = ptr<const float*>(mask);
     float* o = ptr<float*>(out);
     const int64_t nblocks = sp.nblocks(), units = std::min<int64_t>(nblocks, 4 * std::max(1, nthreads));
+    const int64_t nfns = nchunks * ngroups;
     pool().run(nthreads, units, [&](int64_t u) {
         for (int64_t b = nblocks * u / units; b < nblocks * (u + 1) / units; b++) {
             int64_t t, e;
             sp.segment(b, 0, t, e);
             const int64_t rows = sp.nsegs(b);
-            for (int64_t c = 0; c < nchunks; c++)
-                for (int64_t g = 0; g < ngroups; g++) {
-                    const jit_fn f = fns[c * ngroups + g];
-                    if (f)
-                        f(x + t, o + g * R * ostride + t, rows, r ? r + g * R * rstride + t : nullptr,
-                          rstride * (int64_t)sizeof(float), m + t, relu);
-                }
+            for (int64_t i = 0; i < nfns; i++) {
+                const jit_fn f = fns[i];
+                if (!f) continue;
+                // the next function's code on its way to L2 while this one runs: on small planes a function runs
+                // few positions, and fetching its code from L3 on the first one held it
+                if (i + 1 < nfns && fns[i + 1])
+                    for (int64_t l = 0; l < size[i + 1]; l += 64)
+                        __builtin_prefetch(reinterpret_cast<const char*>(fns[i + 1]) + l, 0, 2);
+                const int64_t g = i % ngroups;
+                f(x + t, o + g * R * ostride + t, rows, r ? r + g * R * rstride + t : nullptr,
+                  rstride * (int64_t)sizeof(float), m + t, relu);
+            }
         }
     });
 }
