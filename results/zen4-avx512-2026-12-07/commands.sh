@@ -55,7 +55,7 @@ echo "== done $(date +%T)"
 #     PRUNEBENCH_CACHE=$(mktemp -d) PRUNEBENCH_ISA=avx2
 #   for run in . run2; do .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 \
 #     $MODELS/uniform-s90.pt $MODELS/iterative-s90.pt $MODELS/emptied-s90.pt --backends onnxruntime,sparse-direct,deepsparse \
-#     --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 -o $OUT/jit/$run --force; done
+#     --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 -o $OUT/jit/$run --force; done   # and run3
 #   .venv/bin/python -m bench.ab synthetic:0.95 $MODELS/uniform-s90.pt --backends onnxruntime,sparse-direct,deepsparse \
 #     --deepsparse-python ~/ds/bin/python --batch-size 64 --threads 1 --blocks 10 -o /tmp/one   # jit/ab-cpu-bs64-one-thread.*
 #   PRUNEBENCH_CACHE=$(mktemp -d) NM_ARCH=avx2 PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 \
