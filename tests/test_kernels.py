@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -315,6 +318,23 @@ def test_jit_code_loads_each_column_once_for_its_group():
     w3[0, 0, 1, 1] = w3[1, 2, 1, 1] = 1.0
     _, index = jit.assembly(w3, None, off, o.stride, (o.W, o.pitch * o.N), 2, 1, 1, "avx2")
     assert index == [0, None, 1]
+
+
+def test_jit_code_is_unloaded_with_its_pack():
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs Linux's /proc/self/maps to see which libraries are loaded")
+    loaded = lambda: set(re.findall(r"prunebench-jit-\w+", maps.read_text()))
+    gc.collect()
+    before = loaded()  # packs of earlier tests still alive
+    geom = ConvGeometry.make(Act(8, 4, 4, 16, 1), 8, (3, 3), 1, 1, 1)
+    o = geom.out
+    packs = [jit.PackedJit.pack(torch.randn(8, 8, 3, 3), None, geom.tap_offsets(), o.stride, (o.W, o.pitch * o.N), 6, 1,
+                                0, "avx2") for _ in range(3)]
+    assert len(loaded() - before) == 3  # each pack's library, mapped from a folder already removed
+    del packs
+    gc.collect()
+    assert not loaded() - before
 
 
 def test_jit_is_offered_for_sixteen_sparse_images():

@@ -17,11 +17,13 @@ by the C++ compiler that builds the kernels (about 0.2 s for a layer of 100,000 
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import dataclasses
 import os
 import subprocess
 import tempfile
+import weakref
 from pathlib import Path
 
 import torch
@@ -223,4 +225,7 @@ class PackedJit:
         table = torch.tensor([0 if i is None else addresses[i] for i in index], dtype=torch.int64)
         code = torch.tensor([0 if i is None else sizes[i] for i in index], dtype=torch.int64)
         chunk = chunk if chunk and chunk < cin else cin
-        return cls(lib, table, code, R, V, cout, -(-cout // R), -(-cin // chunk), ostride, size)
+        packed = cls(lib, table, code, R, V, cout, -(-cout // R), -(-cin // chunk), ostride, size)
+        # ctypes never unloads a library: without this, every prepare would keep its code mapped until exit
+        weakref.finalize(packed, _ctypes.dlclose, lib._handle)
+        return packed
