@@ -286,7 +286,7 @@ def test_jit_kernel_matches_conv2d_on_random_shapes(cin, cout, hw, k, stride, sp
     run = lambda: sparse_conv2d(x, weight, bias, stride=stride, padding=k // 2, residual=res, relu=True,
                                 variant=v, threads=threads)
     if not K.fits_registers("jit", v.R, v.V):
-        with pytest.raises(K.PruneBenchError, match="fits a avx2 build's registers"):
+        with pytest.raises(K.PruneBenchError, match="fits the avx2 build's registers"):
             run()
         return
     if wout % v.V:  # two positions per turn need rows of an even width

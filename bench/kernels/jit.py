@@ -212,7 +212,7 @@ class PackedJit:
     def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, ostride: int,
              row: tuple[int, int], R: int, V: int, chunk: int, isa: str) -> "PackedJit":
         if isa not in ("avx512", "avx2") or not regs_fit(R, V, isa):
-            raise PruneBenchError(f"no jit kernel of R={R}, V={V} fits a {isa} build's registers")
+            raise PruneBenchError(f"no jit kernel of R={R}, V={V} fits the {isa} build's registers")
         reach = max(int(offsets.abs().max()) if offsets.numel() else 0, R * ostride)  # floats from x or o
         if 4 * reach >= 2**31 - 2**16:  # the code's 32-bit displacements
             raise PruneBenchError("activation too large for the jit kernel's 32-bit offsets: use a smaller batch")

@@ -306,7 +306,7 @@ class Jit(Kind):
         if built_isa() not in ("avx512", "avx2"):
             raise PruneBenchError("the jit kernel needs an AVX2 or AVX-512 build")
         if not jit_regs_fit(v.R, v.V, built_isa()):
-            raise PruneBenchError(f"no jit kernel of R={v.R}, V={v.V} fits a {built_isa()} build's registers")
+            raise PruneBenchError(f"no jit kernel of R={v.R}, V={v.V} fits the {built_isa()} build's registers")
         if geom.out.W % v.V:
             raise PruneBenchError(f"a jit tile of V={v.V} positions needs an output width that is a multiple of {v.V}")
 
