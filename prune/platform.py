@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import platform as _platform
 import random
@@ -46,6 +47,7 @@ def cpu_name() -> str:
     return _platform.processor() or _platform.machine()
 
 
+@functools.lru_cache(maxsize=None)
 def cache_bytes(level: int, default: int) -> int:
     """The size of this CPU's level-``level`` data cache (Linux sysfs), else ``default``."""
     base = Path("/sys/devices/system/cpu/cpu0/cache")

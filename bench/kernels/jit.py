@@ -72,8 +72,8 @@ def _function(name: str, wname: str, cols: list[tuple[int, list[tuple[int, int]]
     step = 64 // halves  # bytes per register
     zero, mask = xin[0][0], wreg  # free once the multiply-adds are done
 
-    def each(fmt, base: int = 0) -> list[str]:  # fmt(register, byte offset) for every accumulator register
-        return [fmt(acc[r][v][h], r * os_b + 64 * v + step * h + base) for r in range(nr) for v in range(V)
+    def each(fmt) -> list[str]:  # fmt(register, its byte offset from o) for every accumulator register
+        return [fmt(acc[r][v][h], r * os_b + 64 * v + step * h) for r in range(nr) for v in range(V)
                 for h in range(halves)]
 
     out = ["  .p2align 5", f"{name}:", "0:", f"  movq ${width}, %rax", "1:"]
@@ -139,7 +139,8 @@ def assembly(weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Ten
     b = torch.zeros(cout) if bias is None else bias.detach().float()
     text = ["  .text"]
     data = ["  .section .rodata"] + _floats("pbj_bias", b)
-    names: list[str | None] = []
+    names: list[str] = []  # the functions, in table order
+    index: list[int | None] = []
     for c in range(nchunks):
         first, last = c == 0, c == nchunks - 1
         for g in range(ngroups):
@@ -147,7 +148,7 @@ def assembly(weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Ten
             sub = w[co0 : co0 + nr, c * chunk * k : min(cin, (c + 1) * chunk) * k]
             col, chan = (sub.t() != 0).nonzero(as_tuple=True)  # sorted by column, then channel
             if col.numel() == 0 and not (first or last):
-                names.append(None)
+                index.append(None)
                 continue
             name, wname = f"pbj_{c}_{g}", f"pbj_w_{c}_{g}"
             vals = sub.t()[col, chan]
@@ -163,16 +164,12 @@ def assembly(weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Ten
                 data += _floats(wname, vals)
             else:
                 data += [f"{wname}:"]
+            index.append(len(names))
             names.append(name)
-    present = [n for n in names if n is not None]
     table = ["  .section .data.rel.ro", "  .p2align 3", "  .globl pbj_table", "pbj_table:"]
-    table += [f"  .quad {n}" for n in present]
-    table += ["  .globl pbj_sizes", "pbj_sizes:"] + [f"  .quad {n}_end - {n}" for n in present]
+    table += [f"  .quad {n}" for n in names]
+    table += ["  .globl pbj_sizes", "pbj_sizes:"] + [f"  .quad {n}_end - {n}" for n in names]
     asm = "\n".join(text + data + table + ['  .section .note.GNU-stack,"",@progbits', ""])
-    index, i = [], 0
-    for n in names:
-        index.append(None if n is None else i)
-        i += n is not None
     return asm, index
 
 
@@ -201,7 +198,6 @@ class PackedJit:
     table: torch.Tensor  # (nchunks * ngroups,) int64
     sizes: torch.Tensor  # (nchunks * ngroups,) int64: each function's bytes of code
     R: int
-    V: int
     cout: int
     ngroups: int
     nchunks: int
@@ -216,7 +212,7 @@ class PackedJit:
         reach = max(int(offsets.abs().max()) if offsets.numel() else 0, R * ostride)  # floats from x or o
         if 4 * reach >= 2**31 - 2**16:  # the code's 32-bit displacements
             raise PruneBenchError("activation too large for the jit kernel's 32-bit offsets: use a smaller batch")
-        cout, cin = weight.shape[:2]
+        cout = weight.shape[0]
         asm, index = assembly(weight, bias, offsets, ostride, row, R, V, chunk, isa)
         lib, size = load(asm)
         n = sum(i is not None for i in index)
@@ -224,8 +220,8 @@ class PackedJit:
         sizes = list((ctypes.c_int64 * n).in_dll(lib, "pbj_sizes")) if n else []
         table = torch.tensor([0 if i is None else addresses[i] for i in index], dtype=torch.int64)
         code = torch.tensor([0 if i is None else sizes[i] for i in index], dtype=torch.int64)
-        chunk = chunk if chunk and chunk < cin else cin
-        packed = cls(lib, table, code, R, V, cout, -(-cout // R), -(-cin // chunk), ostride, size)
+        ngroups = -(-cout // R)
+        packed = cls(lib, table, code, R, cout, ngroups, len(index) // ngroups, ostride, size)
         # ctypes never unloads a library: without this, every prepare would keep its code mapped until exit
         weakref.finalize(packed, _ctypes.dlclose, lib._handle)
         return packed

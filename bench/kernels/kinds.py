@@ -328,9 +328,6 @@ class Jit(Kind):
             op.mask.data_ptr(), op.relu, op.threads,
         )
 
-    def nbytes(self, op):
-        return op.packed.nbytes
-
 
 def rows_fit(geom: ConvGeometry) -> bool:
     """Whether the rows kernel applies: a 3-wide stride-1 conv over 16 images, so kx shifts by one vector."""
