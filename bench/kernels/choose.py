@@ -122,6 +122,16 @@ class LayerRecord:
     weight_bytes: int  # of the chosen variant
     dense_bytes: int
     in_pass_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # close candidates timed inside the pass
+    phases_ms: float = 0.0  # a strided conv: splitting its input into phase planes, which some kinds read
+
+    def charge(self, variant: str) -> float:
+        """What choosing ``variant`` adds beyond its own time: the phase planes, where its kind reads them
+        (the pass keeps the split while any conv reading that input needs it)."""
+        return self.phases_ms if self.phases_ms and kind_of(variant).reads_phases else 0.0
+
+    def cost(self, variant: str) -> float:
+        """The chosen-by figure of a variant timed alone: its time plus its charge."""
+        return self.times_ms[variant] + self.charge(variant)
 
     def _fastest(self, sparse: bool) -> float | None:
         t = [v for k, v in self.times_ms.items() if kind_of(k).skips_zeros == sparse]
@@ -145,7 +155,7 @@ class LayerRecord:
     @property
     def moved_in_pass(self) -> bool:
         """Whether the in-pass timing chose another variant than the fastest alone."""
-        return bool(self.in_pass_ms) and self.choice != min(self.times_ms, key=self.times_ms.get)
+        return bool(self.in_pass_ms) and self.choice != min(self.times_ms, key=self.cost)
 
 
 @dataclasses.dataclass
@@ -176,7 +186,7 @@ def refine_in_pass(engine: Any, items: list[_Refine], example: torch.Tensor, rou
                 t = time.perf_counter()
                 op()
                 best[name] = min(best[name], time.perf_counter() - t)
-        winner = min(best, key=best.get)
+        winner = min(best, key=lambda name: best[name] + item.record.charge(name) / 1e3)
         engine.steps[item.index] = item.ops[winner]
         item.record.choice = winner
         item.record.in_pass_ms = {name: t * 1e3 for name, t in best.items()}
@@ -260,8 +270,9 @@ def choose(engine: Any, sites: list[ConvSite], example: torch.Tensor, settings: 
                                        site.geom, v)
             return site.make(v, packs[key])
 
-        if site.phase_step is not None:
-            site.phase_step()  # the variants timed below may read the phases
+        phases_ms = 0.0
+        if site.phase_step is not None:  # the variants timed below may read the phases
+            phases_ms = time_ops({"phases": site.phase_step}, settings.timing_runs, None)["phases"]
         times: dict[str, float] = {}
         runners_up: dict[str, ConvOp] = {}  # close to the fastest alone: timed again inside the pass
         if known is not None:
@@ -271,13 +282,14 @@ def choose(engine: Any, sites: list[ConvSite], example: torch.Tensor, settings: 
             if bar is not None:
                 bar.set_description_str(f"sparse-direct: choosing {site.name} [{to_time.index(site.name) + 1}/"
                                         f"{len(to_time)}]")
-            op, times, runners_up = _time(variants, make, settings)
+            op, times, runners_up = _time(variants, make, settings, phases_ms)
             cache.put(keys[site.name], str(op.variant))
             if bar is not None:
                 bar.update(1)
         site.op = op
         engine.steps[site.index] = op
         record = _record(site, op, times)
+        record.phases_ms = phases_ms
         engine.layers.append(record)
         if runners_up:
             refine.append(_Refine(site.index, record, {str(op.variant): op, **runners_up}, keys[site.name]))
@@ -296,20 +308,22 @@ def choose(engine: Any, sites: list[ConvSite], example: torch.Tensor, settings: 
     cache.save()
 
 
-def _time(variants: list[Variant], make: Callable[[Variant], ConvOp], settings: Any):
-    """The fastest of ``variants`` (ops from ``make``): (its op, every variant's time, the close runners-up)."""
+def _time(variants: list[Variant], make: Callable[[Variant], ConvOp], settings: Any, phases_ms: float = 0.0):
+    """The fastest of ``variants`` (ops from ``make``), those reading phase planes charged ``phases_ms`` for
+    them: (its op, every variant's own time, the close runners-up)."""
     ops = {str(v): make(v) for v in variants}
     # a profile times every variant fully; choosing gives up on clearly slower ones
     times = time_ops(ops, settings.timing_runs, None if settings.time_everything else 3.0)
-    ranked = sorted(times, key=times.get)
+    cost = lambda name: times[name] + (phases_ms if ops[name].kind.reads_phases else 0.0)  # noqa: E731
+    ranked = sorted(times, key=cost)
     if len(ranked) > 1 and not settings.time_everything:
         # the two best again, alternately and longer: a disturbed run must not decide the layer
         top = {name: ops[name] for name in ranked[:2]}
         times.update(time_ops(top, 2 * settings.timing_runs, None))
-        ranked = sorted(times, key=times.get)
+        ranked = sorted(times, key=cost)
     runners_up = {}
     if settings.refine_in_pass:
-        runners_up = {n: ops[n] for n in ranked[1:REFINE_TOP] if times[n] <= REFINE_WITHIN * times[ranked[0]]}
+        runners_up = {n: ops[n] for n in ranked[1:REFINE_TOP] if cost(n) <= REFINE_WITHIN * cost(ranked[0])}
     return ops[ranked[0]], times, runners_up
 
 

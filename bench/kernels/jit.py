@@ -31,8 +31,9 @@ import torch
 from prune.errors import PruneBenchError
 
 # The generated functions, in C: void f(const float* x, float* o, int64_t rows, const float* res,
-# int64_t res_stride_bytes, const float* mask, int64_t relu): x = input + t, o = the group's first output
-# channel + t, for `rows` rows of positions (vectors) from t on, a row's width and pitch written into the code;
+# int64_t res_stride_bytes, const float* mask, int64_t relu): x = the input pixel at stride x output position t,
+# o = the group's first output channel + t, for `rows` rows of positions (vectors) from t on, the rows' widths
+# and pitches (input and output) written into the code;
 # the last chunk adds the residual (res != 0), applies the ReLU and the mask. The first chunk starts from the
 # bias, later ones from the partial sums in o.
 
@@ -54,12 +55,16 @@ def _floats(name: str, values: torch.Tensor) -> list[str]:
 
 
 def _function(name: str, wname: str, cols: list[tuple[int, list[tuple[int, int]]]], bias_name: str, co0: int,
-              nr: int, V: int, row: tuple[int, int], ostride: int, first: bool, last: bool, isa: str) -> list[str]:
+              nr: int, V: int, row: tuple[int, int], ostride: int, first: bool, last: bool, isa: str,
+              irow: tuple[int, int]) -> list[str]:
     """One (chunk, group) function: ``cols`` lists (input offset in floats, [(accumulator, weight index)]); V
-    positions per turn of its loop; ``row``: (positions per row, floats from one row's start to the next)."""
+    positions per turn of its loop; ``row``: (positions per row, floats from one output row's start to the
+    next); ``irow``: (floats the input moves per position, floats from one input row read to the next)."""
     os_b = 4 * ostride
     width, pitch = row
     skip = 4 * pitch - 64 * width  # bytes from a row's end to the next row's start
+    istep, ipitch = 4 * irow[0], 4 * irow[1]
+    iskip = ipitch - istep * width
     if isa == "avx512":  # a vector is one zmm: accumulators from zmm0 up, inputs from zmm31 down, then the weight
         acc = [[[f"%zmm{r * V + v}"] for v in range(V)] for r in range(nr)]
         xin = [[f"%zmm{31 - v}"] for v in range(V)]
@@ -88,7 +93,8 @@ def _function(name: str, wname: str, cols: list[tuple[int, list[tuple[int, int]]
     window = 1024 if halves == 1 else 256
     centre = None
     for off, uses in cols:
-        out += [f"  vmovups {4 * off + 64 * v + step * h}(%rdi), {xin[v][h]}" for v in range(V) for h in range(halves)]
+        out += [f"  vmovups {4 * off + istep * v + step * h}(%rdi), {xin[v][h]}" for v in range(V)
+                for h in range(halves)]
         for r, k in uses:
             if centre is None or not -window // 2 <= 4 * k - centre < window // 2:
                 centre = 4 * k + window // 2
@@ -118,8 +124,8 @@ def _function(name: str, wname: str, cols: list[tuple[int, list[tuple[int, int]]
                     reg = acc[r][v][h]
                     out += [f"  vmulps {mask}, {reg}, {reg}", f"  vmovups {reg}, {r * os_b + 64 * v + step * h}(%rsi)"]
         out.append(f"  addq ${64 * V}, %r9")
-    out += [f"  addq ${64 * V}, %rdi", f"  addq ${64 * V}, %rsi", f"  subq ${V}, %rax", "  jnz 1b"]
-    out += [f"  addq ${skip}, %rdi", f"  addq ${skip}, %rsi"]
+    out += [f"  addq ${istep * V}, %rdi", f"  addq ${64 * V}, %rsi", f"  subq ${V}, %rax", "  jnz 1b"]
+    out += [f"  addq ${iskip}, %rdi", f"  addq ${skip}, %rsi"]
     if last:
         out += [f"  addq ${skip}, %r9", "  testq %rcx, %rcx", "  jz 4f", f"  addq ${skip}, %rcx", "4:"]
     out += ["  decq %rdx", "  jnz 0b", "  vzeroupper", "  ret", f"{name}_end:"]
@@ -127,9 +133,12 @@ def _function(name: str, wname: str, cols: list[tuple[int, list[tuple[int, int]]
 
 
 def assembly(weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, ostride: int,
-             row: tuple[int, int], R: int, V: int, chunk: int, isa: str) -> tuple[str, list[int | None]]:
+             row: tuple[int, int], R: int, V: int, chunk: int, isa: str,
+             irow: tuple[int, int] | None = None) -> tuple[str, list[int | None]]:
     """The assembly of one conv's functions, and for each (chunk, group) in that order the index of its
-    function in the table (None: nothing to do there)."""
+    function in the table (None: nothing to do there). ``irow``: how the input moves, per position and per
+    row (floats); by default as the output does (a stride-1 conv on the output's pitch)."""
+    irow = irow or (16, row[1])
     cout, cin = weight.shape[:2]
     chunk = chunk if chunk and chunk < cin else cin
     nchunks, ngroups = -(-cin // chunk), -(-cout // R)
@@ -159,7 +168,7 @@ def assembly(weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Ten
                     cols.append((off[c * chunk * k + cc], []))
                     prev = cc
                 cols[-1][1].append((r, i))
-            text += _function(name, wname, cols, "pbj_bias", co0, nr, V, row, ostride, first, last, isa)
+            text += _function(name, wname, cols, "pbj_bias", co0, nr, V, row, ostride, first, last, isa, irow)
             if vals.numel():
                 data += _floats(wname, vals)
             else:
@@ -206,14 +215,15 @@ class PackedJit:
 
     @classmethod
     def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, ostride: int,
-             row: tuple[int, int], R: int, V: int, chunk: int, isa: str) -> "PackedJit":
+             row: tuple[int, int], R: int, V: int, chunk: int, isa: str,
+             irow: tuple[int, int] | None = None) -> "PackedJit":
         if isa not in ("avx512", "avx2") or not regs_fit(R, V, isa):
             raise PruneBenchError(f"no jit kernel of R={R}, V={V} fits the {isa} build's registers")
         reach = max(int(offsets.abs().max()) if offsets.numel() else 0, R * ostride)  # floats from x or o
         if 4 * reach >= 2**31 - 2**16:  # the code's 32-bit displacements
             raise PruneBenchError("activation too large for the jit kernel's 32-bit offsets: use a smaller batch")
         cout = weight.shape[0]
-        asm, index = assembly(weight, bias, offsets, ostride, row, R, V, chunk, isa)
+        asm, index = assembly(weight, bias, offsets, ostride, row, R, V, chunk, isa, irow)
         lib, size = load(asm)
         n = sum(i is not None for i in index)
         addresses = list((ctypes.c_int64 * n).in_dll(lib, "pbj_table")) if n else []

@@ -286,6 +286,7 @@ class Jit(Kind):
     loaded once for every channel of the group that reads it (``bench.kernels.jit``)."""
 
     name = "jit"
+    reads_phases = False  # its code steps through a strided input itself
 
     def fits(self, R, V, regs):
         return jit_regs_fit(R, V, "avx512" if regs >= 32 else "avx2")
@@ -294,8 +295,10 @@ class Jit(Kind):
         return geom.inp.N == VEC
 
     def offer(self, o):
-        # denser layers run Winograd or dense tiles faster, and their code would be megabytes
-        if not 0 < o.density <= JIT_MAX_DENSITY or not self.applies(o.geom) or built_isa() == "generic":
+        # denser 3x3 layers run Winograd or dense tiles faster, and their code would be megabytes; a 1x1 conv's
+        # code is small at any density, and a strided one read in place spares the pass its phase planes
+        most = 1.0 if o.geom.kernel == (1, 1) else JIT_MAX_DENSITY
+        if not 0 < o.density <= most or not self.applies(o.geom) or built_isa() == "generic":
             return []
         chunks = [c for c in (16, 32) if c < o.geom.inp.C] or [0]
         return [Variant("jit", JIT_R[o.wide], 1, jit_block(o.geom), c) for c in chunks]
@@ -314,9 +317,9 @@ class Jit(Kind):
         return ("jit", v.R, v.V, v.chunk)
 
     def pack(self, weight, bias, geom, v):
-        o = geom.out
-        return PackedJit.pack(weight, bias, geom.tap_offsets(), o.stride, (o.W, o.pitch * o.N), v.R, v.V, v.chunk,
-                              built_isa())
+        o, i, s = geom.out, geom.inp, geom.stride
+        return PackedJit.pack(weight, bias, geom.input_offsets(), o.stride, (o.W, o.pitch * o.N), v.R, v.V, v.chunk,
+                              built_isa(), (s * i.N, s * i.pitch * i.N))
 
     def bind(self, op, v, p):
         if op.out.stride(0) != p.ostride:
@@ -325,7 +328,8 @@ class Jit(Kind):
         return kernel_module().conv_jit, (
             p.table.data_ptr(), p.sizes.data_ptr(), p.ngroups, p.nchunks, p.R,
             op.source.data_ptr(), op.out.data_ptr(), p.ostride, t0, t1, block, row_pitch, row_len, *op.residual_args,
-            op.mask.data_ptr(), op.relu, op.threads,
+            op.mask.data_ptr(), op.relu, op.geom.stride, op.geom.inp.pitch * op.geom.inp.N, op.geom.inp.B,
+            op.geom.out.B, op.threads,
         )
 
 

@@ -177,6 +177,16 @@ class ConvGeometry:
                 off[:, ky, kx] = (phase * cin + ci) * plane + ((qy - bo) * po + (qx - bo)) * n
         return off
 
+    def input_offsets(self) -> torch.Tensor:
+        """(Cin, kh, kw) int64: flat offset of each (input channel, tap) in the input buffer itself, relative to
+        the input pixel at stride x the output pixel (for kernels that step through a strided input directly)."""
+        kh, kw = self.kernel
+        i, p = self.inp, self.padding
+        ci = torch.arange(i.C, dtype=torch.int64).view(-1, 1, 1) * i.stride
+        ky = torch.arange(kh, dtype=torch.int64).view(1, -1, 1) - p
+        kx = torch.arange(kw, dtype=torch.int64).view(1, 1, -1) - p
+        return ci + (ky * i.pitch + kx) * i.N
+
     def alloc_phases(self) -> torch.Tensor | None:
         if self.direct:
             return None

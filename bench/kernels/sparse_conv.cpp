@@ -949,9 +949,13 @@ void conv_sweep(int RR, int V, int64_t in, int64_t out, int64_t ostride, int64_t
 using jit_fn = void (*)(const float* x, float* o, int64_t rows, const float* res, int64_t res_stride_bytes,
                         const float* mask, int64_t relu);
 
+// The code reads the input itself, also where the conv is strided: it is called with the input pixel at
+// stride x its first output pixel (input rows of irow floats, border ib; output border ob), and steps stride
+// vectors per position.
 void conv_jit(int64_t table, int64_t sizes, int64_t ngroups, int64_t nchunks, int64_t R, int64_t in, int64_t out,
               int64_t ostride, int64_t t0, int64_t t1, int64_t block, int64_t row_pitch, int64_t row_len, int64_t res,
-              int64_t rstride, int64_t mask, bool relu, int nthreads) {
+              int64_t rstride, int64_t mask, bool relu, int64_t stride, int64_t irow, int64_t ib, int64_t ob,
+              int nthreads) {
     const Span sp{t0, t1, block, row_pitch, row_len};
     if (row_len <= 0) throw std::invalid_argument("sparse_conv: the jit kernel runs whole rows of vectors");
     const jit_fn* fns = ptr<const jit_fn*>(table);
@@ -967,6 +971,8 @@ void conv_jit(int64_t table, int64_t sizes, int64_t ngroups, int64_t nchunks, in
             int64_t t, e;
             sp.segment(b, 0, t, e);
             const int64_t rows = sp.nsegs(b);
+            const int64_t yo = t / row_pitch - ob, xo = (t % row_pitch) / 16 - ob;
+            const float* xt = x + (ib + stride * yo) * irow + (ib + stride * xo) * 16;
             for (int64_t i = 0; i < nfns; i++) {
                 const jit_fn f = fns[i];
                 if (!f) continue;
@@ -976,7 +982,7 @@ void conv_jit(int64_t table, int64_t sizes, int64_t ngroups, int64_t nchunks, in
                     for (int64_t l = 0; l < size[i + 1]; l += 64)
                         __builtin_prefetch(reinterpret_cast<const char*>(fns[i + 1]) + l, 0, 2);
                 const int64_t g = i % ngroups;
-                f(x + t, o + g * R * ostride + t, rows, r ? r + g * R * rstride + t : nullptr,
+                f(xt, o + g * R * ostride + t, rows, r ? r + g * R * rstride + t : nullptr,
                   rstride * (int64_t)sizeof(float), m + t, relu);
             }
         }
