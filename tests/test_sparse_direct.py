@@ -488,10 +488,9 @@ def test_cache_keys_follow_the_sources_the_build_and_the_versions(monkeypatch):
     assert C.cache_key("conv", 1) == base
 
 
-def test_strided_convs_run_in_place_and_activations_share_buffers():
+def test_strided_convs_of_the_jit_kind_read_their_input_in_place():
     # 16 images: the strided block's 3x3 conv (90% sparse) and its dense 1x1 shortcut both run code written for
-    # them (jit), which steps through the input itself, so the pass splits no phase planes; activations of one
-    # shape whose lives do not overlap share a buffer, and every one is still right when it is written
+    # them (jit), which steps through the input itself, so the pass splits no phase planes
     from bench.kernels.engine import _PhaseStep
 
     if build.built_isa() == "generic":
@@ -502,8 +501,6 @@ def test_strided_convs_run_in_place_and_activations_share_buffers():
     pin = {name: next(v for v in offers[name] if v.startswith("jit")) for name in ("layer2.conv1", "layer2.downsample.0")}
     engine = compile_model(model, x, threads=1, settings=no_cache(), choices=pin)
     assert not [s for s in engine.steps if isinstance(s, _PhaseStep)]
-    shared = [p for p in {id(v.buf): v.buf.data_ptr() for v in engine.acts.values()}.values()]
-    assert len(set(shared)) < len(shared)  # some activations of one shape share memory
     assert_matches(engine, model, x, tol=1e-4)
 
 

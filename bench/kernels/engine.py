@@ -72,7 +72,6 @@ class Engine:
         self.output_slot = ""
         self.acts: dict[str, Any] = {}  # fx node name -> buffer holding that node's value
         self.fixed: set[str] = set()  # slots that hold the same preallocated tensor (or a view of one) every run
-        self.writes: dict[int, torch.Tensor] = {}  # id of a step that is not a conv -> the buffer it writes
         self.layers: list[LayerRecord] = []
         self.conv_steps: dict[str, int] = {}  # conv name -> index of its op in steps
         self.cache_hits = 0
@@ -93,17 +92,9 @@ class Engine:
         return torch.cat([self._run_chunk(x[i : i + self.chunk]).clone() for i in range(0, n, self.chunk)])
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every intermediate activation (fx node name -> NCHW tensor) of one chunk ``x``, each copied as soon as
-        it is written: activations whose lives do not overlap share a buffer."""
-        self.slots[self.input_slot] = x
-        found: dict[str, torch.Tensor] = {}
-        for step in self.steps:
-            step()
-            written = step.out if isinstance(step, ConvOp) else self.writes.get(id(step))
-            for name, v in self.acts.items():
-                if v.buf is written:
-                    found[name] = from_act(v.buf, v.act)
-        return {name: found[name] for name in self.acts}
+        """Every intermediate activation (fx node name -> NCHW tensor) after running one chunk ``x``."""
+        self._run_chunk(x)
+        return {name: from_act(v.buf, v.act) for name, v in self.acts.items()}
 
     @property
     def weight_bytes(self) -> int:

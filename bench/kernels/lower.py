@@ -165,19 +165,6 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
     masks: dict[Act, torch.Tensor] = {}
     phase_steps: dict[tuple, PhaseStep] = {}  # one set of phase planes per (input, stride, output pitch)
     sites: list[ConvSite] = []
-    io: list[tuple[tuple, tuple]] = []  # per step: the buffers it reads, the buffers it writes
-    acts: dict[int, Act] = {}  # id of each activation buffer -> its geometry (the buffers that may be shared)
-
-    def push(step, reads=(), writes=()) -> None:
-        engine.steps.append(step)
-        io.append((tuple(t for t in reads if t is not None), tuple(writes)))
-        if writes and not isinstance(step, ConvSite):
-            engine.writes[id(step)] = writes[0]
-
-    def alloc(act: Act) -> torch.Tensor:
-        buf = act.alloc()
-        acts[id(buf)] = act
-        return buf
 
     def shape_of(node: fx.Node) -> tuple[int, ...]:
         meta = node.meta.get("tensor_meta")
@@ -196,9 +183,9 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
         if len(shape) != 4:
             raise PruneBenchError(f"sparse-direct: a convolution reads {node.name}, which is not NCHW ({shape})")
         act = Act(shape[1], shape[2], shape[3], shape[0], border)
-        buf = alloc(act)
+        buf = act.alloc()
         slot = val.slot
-        push(lambda: to_act(engine.slots[slot], act, buf), writes=(buf,))
+        engine.steps.append(lambda: to_act(engine.slots[slot], act, buf))
         out = _ActVal(act, buf)
         env[node] = out
         return out
@@ -213,7 +200,7 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
         def step():
             engine.slots[slot] = from_act(buf, act)
 
-        push(step, reads=(buf,))
+        engine.steps.append(step)
         return _TensorVal(slot)
 
     def materialize(node: fx.Node):
@@ -231,13 +218,13 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
             phase_step = phase_steps.get(key)
             if phase_step is None:
                 phase_step = phase_steps[key] = PhaseStep(geom, p.inp.buf, geom.alloc_phases(), threads)
-                push(phase_step, reads=(p.inp.buf,), writes=(phase_step.phases,))
-        site = ConvSite(p.name, p.module, geom, p.inp.buf, alloc(geom.out), masks.setdefault(geom.out, geom.out.mask()),
+                engine.steps.append(phase_step)
+        site = ConvSite(p.name, p.module, geom, p.inp.buf, geom.out.alloc(), masks.setdefault(geom.out, geom.out.mask()),
                         threads, phase_step, p.residual.buf if p.residual is not None else None, p.relu,
                         index=len(engine.steps))
         if phase_step is not None:
             phase_step.readers.append(site)
-        push(site, reads=(site.inp, site.residual, phase_step.phases if phase_step else None), writes=(site.out,))
+        engine.steps.append(site)
         sites.append(site)
         val = _ActVal(geom.out, site.out)
         engine.acts[owner.name] = val
@@ -276,7 +263,7 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
                     out = torch.zeros(x.shape[0], weight.shape[0])
                     engine.slots[slot] = out
                     engine.fixed.add(slot)
-                    push(lambda x=x, w=weight, b=bias, o=out: linear(x, w, b, o))
+                    engine.steps.append(lambda x=x, w=weight, b=bias, o=out: linear(x, w, b, o))
                     return _TensorVal(slot)
 
         def step():
@@ -284,7 +271,7 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
             k = fx.node.map_arg(kwargs, load)
             engine.slots[slot] = fn(*a, **k)
 
-        push(step)
+        engine.steps.append(step)
         return _TensorVal(slot)
 
     for node in gm.graph.nodes:
@@ -317,8 +304,8 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
             materialize(node)
         elif _is_relu(node, modules) and isinstance(env.get(node.args[0]), _ActVal):
             src = env[node.args[0]]
-            out = alloc(src.act)
-            push(lambda s=src.buf, o=out: torch.clamp_min(s, 0.0, out=o), reads=(src.buf,), writes=(out,))
+            out = src.act.alloc()
+            engine.steps.append(lambda s=src.buf, o=out: torch.clamp_min(s, 0.0, out=o))
             env[node] = _ActVal(src.act, out)
             engine.acts[node.name] = env[node]
         elif _is_add(node):
@@ -341,8 +328,8 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
             if not fused:
                 va, vb = materialize(a), materialize(b)
                 if isinstance(va, _ActVal) and isinstance(vb, _ActVal) and va.act == vb.act:
-                    out = alloc(va.act)
-                    push(lambda x=va.buf, y=vb.buf, o=out: torch.add(x, y, out=o), reads=(va.buf, vb.buf), writes=(out,))
+                    out = va.act.alloc()
+                    engine.steps.append(lambda x=va.buf, y=vb.buf, o=out: torch.add(x, y, out=o))
                     env[node] = _ActVal(va.act, out)
                     engine.acts[node.name] = env[node]
                 else:
@@ -354,41 +341,10 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
             engine.slots[slot] = out
             engine.fixed.add(slot)
             # straight from the layout, no NCHW copy first
-            push(lambda a=src.act, buf=src.buf, out=out: global_avg_pool(buf, a, out, threads), reads=(src.buf,))
+            engine.steps.append(lambda a=src.act, buf=src.buf, out=out: global_avg_pool(buf, a, out, threads))
             env[node] = _TensorVal(slot)
         else:
             for a in node.all_input_nodes:
                 materialize(a)
             env[node] = torch_step(node)
-    _share_buffers(io, acts)
     return sites
-
-
-def _share_buffers(io: list[tuple[tuple, tuple]], acts: dict[int, Act]) -> None:
-    """Let activations of one geometry whose lives do not overlap share one buffer (``Tensor.set_``, so every
-    step holding a buffer sees the shared one).
-
-    A layer then writes into memory that a layer a few steps back used, still in cache, instead of memory last
-    touched a pass ago: each buffer of 16 images is megabytes, and one per activation would not stay in cache.
-    Every writer leaves the border and wrap-around zero, so a shared buffer's padding stays zero.
-    """
-    first: dict[int, int] = {}
-    last: dict[int, int] = {}
-    tensors: dict[int, torch.Tensor] = {}
-    for i, (reads, writes) in enumerate(io):
-        for t in (*reads, *writes):
-            if id(t) in acts:
-                first.setdefault(id(t), i)
-                last[id(t)] = i
-                tensors[id(t)] = t
-    free: dict[Act, list[tuple[int, torch.Tensor]]] = {}  # geometry -> (step of last use, buffer) per buffer
-    for key in sorted(first, key=first.get):
-        t, act = tensors[key], acts[key]
-        pool = free.setdefault(act, [])
-        donor = next((k for k, (end, _) in enumerate(pool) if end < first[key]), None)
-        if donor is None:
-            pool.append((last[key], t))
-            continue
-        _, shared = pool[donor]
-        t.set_(shared)
-        pool[donor] = (last[key], shared)
