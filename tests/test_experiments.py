@@ -7,7 +7,7 @@ import torch
 
 import sys
 
-from experiments import conv_variants, kind_ab, other_pruned, peer_layers, side_by_side
+from experiments import conv_variants, in_pass, kind_ab, other_pruned, peer_layers, side_by_side
 from prune.errors import PruneBenchError
 from prune.models import prunable_layers
 
@@ -94,3 +94,18 @@ def test_side_by_side_bad_input_is_a_one_line_error(tmp_path):
         side_by_side.main(["synthetic:0.9", "--rounds", "0"])
     with pytest.raises(PruneBenchError, match="no checkpoint file"):
         side_by_side.main([str(tmp_path / "missing.pt")])
+
+
+def test_in_pass_bad_input_is_a_one_line_error(tmp_path):
+    with pytest.raises(PruneBenchError, match="usage"):
+        in_pass.main([])
+    with pytest.raises(PruneBenchError, match="1 or 16 images"):
+        in_pass.main(["synthetic:0.9", "64"])
+    with pytest.raises(PruneBenchError, match="no checkpoint file"):
+        in_pass.main([str(tmp_path / "missing.pt")])
+
+
+def test_in_pass_times_every_conv_three_ways(capsys):
+    assert in_pass.main(["synthetic:0.9", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(rows) == 20 and all(float(r[1]) > 0 and r[-1].endswith("x") for r in rows)  # ResNet-18's 20 convs

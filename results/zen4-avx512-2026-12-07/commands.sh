@@ -63,3 +63,14 @@ echo "== done $(date +%T)"
 #     --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 -o $OUT/jit/avx2 --force
 #   for m in synthetic:0.95 $MODELS/uniform-s90.pt; do .venv/bin/python -m bench.layers $m --batch-size 64 --pass-runs 20 \
 #     --peer deepsparse --peer-python ~/ds/bin/python -o $OUT/jit --force; done
+# strided convs read in place by the jit kind (inplace/):
+#   .venv/bin/python experiments/in_pass.py $MODELS/uniform-s90.pt   # before and after the change
+#   for run in . run2; do .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 \
+#     $MODELS/uniform-s90.pt $MODELS/iterative-s90.pt $MODELS/emptied-s90.pt --backends onnxruntime,sparse-direct,deepsparse \
+#     --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 -o $OUT/inplace/$run --force; done
+#   (the same with --batch-size 1 -o $OUT/inplace/bs1)
+#   PRUNEBENCH_CACHE=$(mktemp -d) NM_ARCH=avx2 PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 \
+#     synthetic:0.9 synthetic:0.95 $MODELS/uniform-s90.pt --backends onnxruntime,sparse-direct,deepsparse \
+#     --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 -o $OUT/inplace/avx2 --force
+#   .venv/bin/python -m bench.layers $MODELS/uniform-s90.pt --batch-size 64 --pass-runs 20 --peer deepsparse \
+#     --peer-python ~/ds/bin/python -o $OUT/inplace --force
