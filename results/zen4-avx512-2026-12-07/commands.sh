@@ -74,3 +74,5 @@ echo "== done $(date +%T)"
 #     --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 -o $OUT/inplace/avx2 --force
 #   .venv/bin/python -m bench.layers $MODELS/uniform-s90.pt --batch-size 64 --pass-runs 20 --peer deepsparse \
 #     --peer-python ~/ds/bin/python -o $OUT/inplace --force
+#   PRUNEBENCH_CACHE=$(mktemp -d) NM_ARCH=avx2 PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.layers $MODELS/uniform-s90.pt \
+#     --batch-size 64 --pass-runs 20 --peer deepsparse --peer-python ~/ds/bin/python -o $OUT/inplace/avx2 --force
