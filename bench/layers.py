@@ -230,6 +230,14 @@ def format_table(p: Profile) -> str:
             f"were timed again inside the pass, each call after the layers before it ({len(refined)} layers; "
             f"{moved} took another variant, marked \"in the pass\"; their times above are still those alone)."
         )
+    charged = [r for r in p.layers if r.phases_ms]
+    if charged:
+        lines.append(
+            "Strided convs: a variant that reads phase planes was ranked by its time plus the split's ("
+            + ", ".join(f"{r.name} {r.phases_ms:.3f} ms" for r in charged)
+            + "), which the pass keeps while any conv reading that input needs it; the times above are each "
+            "variant's own."
+        )
     if p.roof:
         lines += format_roofline(p)
     if p.passes:

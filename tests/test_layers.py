@@ -56,6 +56,17 @@ def test_table_marks_the_layers_chosen_inside_the_pass():
     assert "(2 layers; 1 took another variant" in table
 
 
+def test_table_says_which_strided_convs_were_charged_their_phase_split():
+    # "a" reads phase planes (dense) and won alone at 2.0 + 0.5 ms against jit's 2.6: not moved in the pass
+    a = _record("a", 100, 0.5, 2.0, 3.0, "dense(R=8,V=3)")
+    a.times_ms["jit(R=24,V=1)"], a.phases_ms = 2.6, 0.5
+    a.in_pass_ms = {"dense(R=8,V=3)": 2.0, "jit(R=24,V=1)": 2.6}
+    table = layers.format_table(layers.Profile("m", 1, 2, 1, [a, _record("b", 300, 0.9, 4.0, 1.0, "sparse(R=1,V=4)")]))
+    assert "(a 0.500 ms)" in table and "(in the pass)" not in table
+    a.phases_ms = 1.0  # now jit (2.6) beats dense with its split (3.0): choosing dense would have been a move
+    assert a.cost("dense(R=8,V=3)") == 3.0 and a.moved_in_pass
+
+
 def test_cli_writes_table_and_plot_and_refuses_to_overwrite(tmp_path, capsys):
     reason = K.unavailable()
     if reason:
