@@ -65,7 +65,7 @@ echo "== done $(date +%T)"
 #     --peer deepsparse --peer-python ~/ds/bin/python -o $OUT/jit --force; done
 # strided convs read in place by the jit kind (inplace/):
 #   .venv/bin/python experiments/in_pass.py $MODELS/uniform-s90.pt   # before and after the change
-#   for run in . run2; do .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 \
+#   for run in . run2 run3; do .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 \
 #     $MODELS/uniform-s90.pt $MODELS/iterative-s90.pt $MODELS/emptied-s90.pt --backends onnxruntime,sparse-direct,deepsparse \
 #     --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 -o $OUT/inplace/$run --force; done
 #   (the same with --batch-size 1 -o $OUT/inplace/bs1)
