@@ -105,6 +105,12 @@ class ChoiceCache:
             pass  # an unwritable cache folder only costs the timing next time
 
 
+def phase_charge(variant: str, phases_ms: float) -> float:
+    """What choosing ``variant`` of a strided conv adds beyond its own time: the split into phase planes
+    (``phases_ms``), where its kind reads them; the pass keeps the split while any conv reading that input needs it."""
+    return phases_ms if phases_ms and kind_of(variant).reads_phases else 0.0
+
+
 @dataclasses.dataclass
 class LayerRecord:
     """One convolution as the engine runs it: its shape, sparsity, timings and the variant chosen."""
@@ -125,9 +131,8 @@ class LayerRecord:
     phases_ms: float = 0.0  # a strided conv: splitting its input into phase planes, which some kinds read
 
     def charge(self, variant: str) -> float:
-        """What choosing ``variant`` adds beyond its own time: the phase planes, where its kind reads them
-        (the pass keeps the split while any conv reading that input needs it)."""
-        return self.phases_ms if self.phases_ms and kind_of(variant).reads_phases else 0.0
+        """What choosing ``variant`` adds beyond its own time (``phase_charge``)."""
+        return phase_charge(variant, self.phases_ms)
 
     def cost(self, variant: str) -> float:
         """The chosen-by figure of a variant timed alone: its time plus its charge."""
@@ -271,7 +276,7 @@ def choose(engine: Any, sites: list[ConvSite], example: torch.Tensor, settings: 
             return site.make(v, packs[key])
 
         phases_ms = 0.0
-        if site.phase_step is not None:  # the variants timed below may read the phases
+        if site.phase_step is not None and known is None:  # the variants timed below may read the phases
             phases_ms = time_ops({"phases": site.phase_step}, settings.timing_runs, None)["phases"]
         times: dict[str, float] = {}
         runners_up: dict[str, ConvOp] = {}  # close to the fastest alone: timed again inside the pass
@@ -314,7 +319,7 @@ def _time(variants: list[Variant], make: Callable[[Variant], ConvOp], settings: 
     ops = {str(v): make(v) for v in variants}
     # a profile times every variant fully; choosing gives up on clearly slower ones
     times = time_ops(ops, settings.timing_runs, None if settings.time_everything else 3.0)
-    cost = lambda name: times[name] + (phases_ms if ops[name].kind.reads_phases else 0.0)  # noqa: E731
+    cost = lambda name: times[name] + phase_charge(name, phases_ms)  # noqa: E731
     ranked = sorted(times, key=cost)
     if len(ranked) > 1 and not settings.time_everything:
         # the two best again, alternately and longer: a disturbed run must not decide the layer
