@@ -277,8 +277,20 @@ def format_peer(p: Profile) -> list[str]:
         f"{p.threads} thread(s), timed inside the engine (mean of its profiled calls, ms per chunk); ours: the chosen "
         "variant alone (fastest call) and inside the pass (median):",
         "",
-        f"| {e.engine} step | our convs in it | {e.engine} ms | ours alone | ours in the pass | {e.engine} / ours alone |",
-        "|---|---|---:|---:|---:|---:|",
+    ]
+    k = e.scale
+    if e.call_ms > 0:
+        lines += [
+            f"Profiled, a call of {e.engine}'s took {e.total_ms:.3f} ms; timed plainly right after in the same worker, "
+            f"{e.call_ms:.3f} ms (median). So its profiler adds {1 / k - 1:.0%}, and the column \"scaled\" multiplies "
+            f"each of its steps by {k:.3f}, as though that were spread evenly over them (an assumption); the ratios use "
+            "the scaled times.",
+            "",
+        ]
+    lines += [
+        f"| {e.engine} step | our convs in it | {e.engine} ms | scaled | ours alone | ours in the pass | "
+        f"{e.engine} scaled / ours alone |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     rest, gaps, covered = 0.0, [], set()
     for step, convs, by_order in match_steps(e.layers, list(alone)):
@@ -286,15 +298,16 @@ def format_peer(p: Profile) -> list[str]:
             rest += step["ms"]
             continue
         covered.update(convs)
-        ours = sum(alone[c] for c in convs)
+        ours, theirs = sum(alone[c] for c in convs), k * step["ms"]
         passed = f"{sum(in_pass[c] for c in convs):.3f}" if in_pass else ""
-        gaps.append((ours - step["ms"], step["name"], ours / step["ms"]))
+        gaps.append((ours - theirs, step["name"], ours / theirs))
         lines.append(f"| {step['name']} | {', '.join(convs)}{' (by order)' if by_order else ''} | {step['ms']:.3f} | "
-                     f"{ours:.3f} | {passed} | {step['ms'] / ours:.2f}x |")
-    lines.append(f"| everything else | | {rest:.3f} | | | |")
+                     f"{theirs:.3f} | {ours:.3f} | {passed} | {theirs / ours:.2f}x |")
+    lines.append(f"| everything else | | {rest:.3f} | {k * rest:.3f} | | | |")
     ours_total = med(p.passes.walls_ms) if p.passes else None
+    plain = f"{e.call_ms:.3f} (a plain call)" if e.call_ms > 0 else ""
     lines += [
-        f"| **a call** | | {e.total_ms:.3f} | {sum(alone.values()):.3f} (convs) | "
+        f"| **a call** | | {e.total_ms:.3f} | {plain} | {sum(alone.values()):.3f} (convs) | "
         f"{'' if ours_total is None else f'{ours_total:.3f} (a pass)'} | |",
         "",
     ]

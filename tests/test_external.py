@@ -140,7 +140,7 @@ def test_the_stand_in_profiles_each_layer_after_checking_its_output():
     torch.manual_seed(0)
     model, x = _Block().eval(), torch.randn(2, 3, 16, 16)
     profile = engine_layers(model, x, 1, "onnxruntime", runs=3)
-    assert profile.engine == "onnxruntime" and profile.version and profile.total_ms > 0
+    assert profile.engine == "onnxruntime" and profile.version and profile.total_ms > 0 and profile.call_ms > 0
     assert profile.layers and all(step["ms"] >= 0 for step in profile.layers)
     assert sum(step["ms"] for step in profile.layers) <= profile.total_ms * 1.05  # its steps fit in its calls
     matched = [c for _, convs, _ in match_steps(profile.layers, ["conv1", "conv2"]) for c in convs]

@@ -209,6 +209,13 @@ class EngineLayers:
     version: str
     layers: list[dict]  # {"name", "outputs" (ONNX outputs or nodes it computes), "ms" (mean per call)}, in order
     total_ms: float  # the engine's mean time per call while profiling
+    call_ms: float = 0.0  # its median call timed plainly in the same worker right after (0: not timed)
+
+    @property
+    def scale(self) -> float:
+        """What to multiply its profiled step times by to add up to a plain call: its profiler slows every
+        call, and that is taken as spread evenly over its steps (1 where no plain call was timed)."""
+        return self.call_ms / self.total_ms if self.call_ms > 0 and self.total_ms > 0 else 1.0
 
 
 def onnx_module(name: str) -> str:
@@ -238,10 +245,14 @@ def profiler_python(engine: str, python: str = "") -> str:
     return python
 
 
+PLAIN_CALL_S = 2.0  # seconds of plain calls timed after a profile, to read its step times against
+
+
 def engine_layers(model: nn.Module, example: torch.Tensor, threads: int, engine: str, python: str = "",
                   runs: int = 40) -> EngineLayers:
     """``engine``'s per-layer profile of ``model`` on ``example`` in its worker (``profiler_python``), after its
-    output is checked against the model's (a wrong answer's times are not reported)."""
+    output is checked against the model's (a wrong answer's times are not reported), and its plain call timed
+    after, so that a reader can tell what the profiler added."""
     python = profiler_python(engine, python)
     worker, loaded, out = _start(model, example, threads, python, engine)
     try:
@@ -253,6 +264,8 @@ def engine_layers(model: nn.Module, example: torch.Tensor, threads: int, engine:
         b = PROFILED[engine]
         check_parity(got, expected, other, b.atol, b.rtol, f"{engine}'s output (its layer times are not reported)")
         reply = worker.request(op="layers", runs=runs)
+        plain = worker.request(op="block", seconds=PLAIN_CALL_S, least=5)
     finally:
         worker.close()
-    return EngineLayers(engine, str(loaded.get("version")), reply["layers"], float(reply["total_ms"]))
+    return EngineLayers(engine, str(loaded.get("version")), reply["layers"], float(reply["total_ms"]),
+                        1e3 * float(plain["median_s"]))
