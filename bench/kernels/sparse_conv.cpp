@@ -1225,6 +1225,9 @@ void plane_mean(int64_t in, int64_t istride, int64_t C, int64_t H, int64_t W, in
                     for (; x + 16 <= W; x += 16)
                         for (int l = 0; l < 16; l++) lanes[l] += row[x + l];
                     for (; x < W; x++) lanes[x % 16] += row[x];
+                } else if (n == 16) {  // 16 images: one vector per position, summed in a local array
+                    for (int64_t x = 0; x < W; x++)
+                        for (int l = 0; l < 16; l++) lanes[l] += row[x * 16 + l];
                 } else {
                     for (int64_t x = 0; x < W; x++)
                         for (int64_t i = 0; i < n; i++) acc[i] += row[x * n + i];
@@ -1232,6 +1235,8 @@ void plane_mean(int64_t in, int64_t istride, int64_t C, int64_t H, int64_t W, in
             }
             if (n == 1)
                 for (int l = 0; l < 16; l++) acc[0] += lanes[l];
+            else if (n == 16)
+                for (int l = 0; l < 16; l++) acc[l] = lanes[l];
             for (int64_t i = 0; i < n; i++) dst[i * C + c] = acc[i] * scale;
         }
     });
