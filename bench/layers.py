@@ -282,9 +282,9 @@ def format_peer(p: Profile) -> list[str]:
     if e.call_ms > 0:
         lines += [
             f"Profiled, a call of {e.engine}'s took {e.total_ms:.3f} ms; timed plainly right after in the same worker, "
-            f"{e.call_ms:.3f} ms (median). So its profiler adds {1 / k - 1:.0%}, and the column \"scaled\" multiplies "
-            f"each of its steps by {k:.3f}, as though that were spread evenly over them (an assumption); the ratios use "
-            "the scaled times.",
+            f"{e.call_ms:.3f} ms (median): profiled calls took {1 / k:.2f}x a plain one. The column \"scaled\" "
+            f"multiplies each of its steps by {k:.3f}, as though the difference were spread evenly over them (an "
+            "assumption); the ratios use the scaled times.",
             "",
         ]
     lines += [

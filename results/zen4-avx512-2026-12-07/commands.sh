@@ -76,3 +76,6 @@ echo "== done $(date +%T)"
 #     --peer-python ~/ds/bin/python -o $OUT/inplace --force
 #   PRUNEBENCH_CACHE=$(mktemp -d) NM_ARCH=avx2 PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.layers $MODELS/uniform-s90.pt \
 #     --batch-size 64 --pass-runs 20 --peer deepsparse --peer-python ~/ds/bin/python -o $OUT/inplace/avx2 --force
+# the peer's profile beside its plain call (peer-scaled/):
+#   for m in $MODELS/uniform-s90.pt synthetic:0.95; do .venv/bin/python -m bench.layers $m --batch-size 64 --pass-runs 20 \
+#     --peer deepsparse --peer-python ~/ds/bin/python -o $OUT/peer-scaled --force; done
