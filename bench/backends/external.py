@@ -213,8 +213,9 @@ class EngineLayers:
 
     @property
     def scale(self) -> float:
-        """What to multiply its profiled step times by to add up to a plain call: its profiler slows every
-        call, and that is taken as spread evenly over its steps (1 where no plain call was timed)."""
+        """What to multiply its profiled step times by so that they add up to a plain call: whatever the profiler
+        adds or the machine's speed changed between the two, taken as spread evenly over its steps (1 where no
+        plain call was timed)."""
         return self.call_ms / self.total_ms if self.call_ms > 0 and self.total_ms > 0 else 1.0
 
 
