@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+import re
 import sys
 
-from experiments import conv_variants, in_pass, kind_ab, other_pruned, peer_layers, side_by_side
+from experiments import conv_variants, in_pass, jit_probe, kind_ab, other_pruned, peer_layers, side_by_side
 from prune.errors import PruneBenchError
 from prune.models import prunable_layers
 
@@ -109,3 +110,33 @@ def test_in_pass_times_every_conv_three_ways(capsys):
     assert in_pass.main(["synthetic:0.9", "1"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert len(rows) == 20 and all(float(r[1]) > 0 and r[-1].endswith("x") for r in rows)  # ResNet-18's 20 convs
+
+
+def test_jit_probe_alterations_touch_only_what_they_name():
+    assert jit_probe.ALTERATIONS["inputs-in-L1"]("  vmovups 4480(%rdi), %zmm31\n") == "  vmovups 0(%rdi), %zmm31\n"
+    assert jit_probe.ALTERATIONS["inputs-in-L1"]("  vmovups 4512(%rdi), %ymm14\n") == "  vmovups 32(%rdi), %ymm14\n"
+    assert jit_probe.ALTERATIONS["no-inputs"]("  vmovups -64(%rdi), %zmm31\n  vmovups 64(%rsi), %zmm0\n") == (
+        "  vmovups 64(%rsi), %zmm0\n")
+    fma = "  vfmadd231ps -12(%r11){1to16}, %zmm31, %zmm3\n"
+    assert jit_probe.ALTERATIONS["one-weight"](fma) == "  vfmadd231ps 0(%r11){1to16}, %zmm31, %zmm3\n"
+    pair = "  vfmadd231ps %ymm11, %ymm12, %ymm4\n  vfmadd231ps %ymm11, %ymm13, %ymm5\n"
+    assert jit_probe.ALTERATIONS["half-fma"](pair) == "  vfmadd231ps %ymm11, %ymm12, %ymm4\n"
+    two = ("pbj_0_0:\n  vmovups 0(%rsi), %zmm0\n  vmovups %zmm0, 0(%rsi)\n"
+           "pbj_1_0:\n  vmovups 0(%rsi), %zmm0\n  vmulps %zmm30, %zmm0, %zmm0\n  vmovups %zmm0, 0(%rsi)\n")
+    assert jit_probe.ALTERATIONS["no-partials"](two) == (  # the last chunk's function, which masks, keeps its own
+        "pbj_0_0:\n  vxorps %zmm0, %zmm0, %zmm0\n"
+        "pbj_1_0:\n  vmovups 0(%rsi), %zmm0\n  vmulps %zmm30, %zmm0, %zmm0\n  vmovups %zmm0, 0(%rsi)\n")
+
+
+def test_jit_probe_times_the_real_code_against_altered_copies(capsys):
+    from bench.kernels import build
+
+    if build.built_isa() not in ("avx2", "avx512"):
+        pytest.skip(f"this CPU's {build.built_isa()} build has no jit kind")
+    assert jit_probe.main(["32", "4", "0.3", "--residual", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "residual" in out and "jit(R=" in out
+    timed = dict(re.findall(r"(\S+) [\d.]+ \(([\d.]+)x\)", out))
+    assert timed["real"] == "1.00" and {"inputs-in-L1", "no-inputs", "one-weight", "no-partials"} <= set(timed)
+    with pytest.raises(PruneBenchError, match="DENSITY in"):
+        jit_probe.main(["16", "4", "1.5"])

@@ -79,3 +79,12 @@ echo "== done $(date +%T)"
 # the peer's profile beside its plain call (peer-scaled/):
 #   for m in $MODELS/uniform-s90.pt synthetic:0.95; do .venv/bin/python -m bench.layers $m --batch-size 64 --pass-runs 20 \
 #     --peer deepsparse --peer-python ~/ds/bin/python -o $OUT/peer-scaled --force; done
+# held to AVX2, batch 1 on all seven models and batch 64 on the two not run before (inplace/avx2/bs1, inplace/avx2/others):
+#   PRUNEBENCH_CACHE=$(mktemp -d) NM_ARCH=avx2 PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 \
+#     synthetic:0.9 synthetic:0.95 $MODELS/uniform-s90.pt $MODELS/iterative-s90.pt $MODELS/emptied-s90.pt \
+#     --backends onnxruntime,sparse-direct,deepsparse --deepsparse-python ~/ds/bin/python --batch-size 1 --blocks 12 \
+#     -o $OUT/inplace/avx2/bs1 --force
+#   PRUNEBENCH_CACHE=$(mktemp -d) NM_ARCH=avx2 PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.ab $MODELS/iterative-s90.pt \
+#     $MODELS/emptied-s90.pt --backends onnxruntime,sparse-direct,deepsparse --deepsparse-python ~/ds/bin/python \
+#     --batch-size 64 --blocks 12 -o $OUT/inplace/avx2/others --force
+# what holds the jit code: python experiments/jit_probe.py 256 8 0.1 (and the lines in jit-probes.txt)
