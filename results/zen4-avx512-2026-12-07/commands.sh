@@ -88,3 +88,7 @@ echo "== done $(date +%T)"
 #     $MODELS/emptied-s90.pt --backends onnxruntime,sparse-direct,deepsparse --deepsparse-python ~/ds/bin/python \
 #     --batch-size 64 --blocks 12 -o $OUT/inplace/avx2/others --force
 # what holds the jit code: python experiments/jit_probe.py 256 8 0.1 (and the lines in jit-probes.txt)
+# a fourth batch-64 run at the end of the day (final/):
+#   .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 $MODELS/uniform-s90.pt \
+#     $MODELS/iterative-s90.pt $MODELS/emptied-s90.pt --backends onnxruntime,sparse-direct,deepsparse \
+#     --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 -o $OUT/final --force
