@@ -92,3 +92,5 @@ echo "== done $(date +%T)"
 #   .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 $MODELS/uniform-s90.pt \
 #     $MODELS/iterative-s90.pt $MODELS/emptied-s90.pt --backends onnxruntime,sparse-direct,deepsparse \
 #     --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 -o $OUT/final --force
+#   .venv/bin/python -m bench.ab synthetic:0.9 synthetic:0.95 $MODELS/uniform-s90.pt --backends onnxruntime,sparse-direct,deepsparse \
+#     --deepsparse-python ~/ds/bin/python --batch-size 16 --threads 1 --blocks 12 -o $OUT/final/per-core --force
