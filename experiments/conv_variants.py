@@ -12,6 +12,7 @@ work per variant, fastest first.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 
@@ -39,6 +40,33 @@ def parse(text: str) -> Variant:
                    "tiles" in (m.group(2) or ""))
 
 
+@dataclasses.dataclass
+class SyntheticConv:
+    """A seeded random 3x3 conv and its input in the layout, with torch's answer (ReLU after, a residual before
+    it where one was asked for)."""
+
+    weight: torch.Tensor
+    geom: ConvGeometry
+    src: torch.Tensor  # the input, in the layout
+    residual: torch.Tensor | None  # in the layout
+    expected: torch.Tensor  # NCHW
+
+
+def synthetic_conv(cout: int, hw: int, density: float, stride: int = 1, batch: int = 16,
+                   residual: bool = False) -> SyntheticConv:
+    """COUT output channels on an HW x HW output (COUT / stride input channels of stride * HW), DENSITY of the
+    weights left at random (seed 0)."""
+    torch.manual_seed(0)
+    cin = cout // stride
+    weight = torch.randn(cout, cin, 3, 3) * (torch.rand(cout, cin, 3, 3) < density)
+    x = torch.randn(batch, cin, hw * stride, hw * stride)
+    res = torch.randn(batch, cout, hw, hw) if residual else None
+    expected = F.conv2d(x, weight, stride=stride, padding=1)
+    expected = (expected if res is None else expected + res).relu()
+    geom = ConvGeometry.make(Act(cin, hw * stride, hw * stride, batch, 1), cout, (3, 3), stride, 1, 1)
+    return SyntheticConv(weight, geom, to_act(x, geom.inp), None if res is None else to_act(res, geom.out), expected)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python experiments/conv_variants.py", description=__doc__.splitlines()[0])
     parser.add_argument("cout", type=int)
@@ -51,13 +79,9 @@ def main(argv: list[str]) -> int:
     if not (0 < args.density <= 1) or args.cout < args.stride or args.hw < 1:
         raise PruneBenchError("COUT >= stride, HW >= 1 and DENSITY in (0, 1], e.g. 256 8 0.18")
     variants = [parse(v) for v in args.variants]
-    torch.manual_seed(0)
-    cin, s, n = args.cout // args.stride, args.stride, args.batch
-    weight = torch.randn(args.cout, cin, 3, 3) * (torch.rand(args.cout, cin, 3, 3) < args.density)
-    x = torch.randn(n, cin, args.hw * s, args.hw * s)
-    expected = F.conv2d(x, weight, stride=s, padding=1).relu()
-    geom = ConvGeometry.make(Act(cin, args.hw * s, args.hw * s, n, 1), args.cout, (3, 3), s, 1, 1)
-    src = to_act(x, geom.inp)
+    conv = synthetic_conv(args.cout, args.hw, args.density, args.stride, args.batch)
+    weight, geom, src, expected = conv.weight, conv.geom, conv.src, conv.expected
+    cin, s, n = geom.inp.C, args.stride, args.batch
     phases = geom.alloc_phases()
     if phases is not None:
         geom.fill_phases(src, phases)

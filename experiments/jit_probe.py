@@ -25,15 +25,19 @@ import re
 import sys
 
 import torch
-import torch.nn.functional as F
 
-from bench.kernels import Act, ConvGeometry, Variant, build
+from bench.kernels import Variant, build
 from bench.kernels import jit as jit_module
 from bench.kernels.kinds import JIT_R, VEC, ConvOp, jit_block
-from bench.kernels.layout import from_act, to_act
+from bench.kernels.layout import from_act
 from bench.timing import time_ops
 from exporters import run_cli
 from prune.errors import PruneBenchError
+
+try:
+    from experiments.conv_variants import synthetic_conv
+except ImportError:  # run as a script: its own folder is on the path, the repository's root may not be
+    from conv_variants import synthetic_conv
 
 _INPUT = re.compile(r"^(\s*vmovups\s+)(-?\d+)\(%rdi\)(, %[yz]mm\d+)$")
 
@@ -108,16 +112,9 @@ def main(argv: list[str]) -> int:
     isa = build.built_isa()
     if isa not in ("avx512", "avx2"):
         raise PruneBenchError(f"this CPU's {isa} build has no jit kind: it needs AVX2 or AVX-512")
-    torch.manual_seed(0)
-    cin, s = args.cout // args.stride, args.stride
-    weight = torch.randn(args.cout, cin, 3, 3) * (torch.rand(args.cout, cin, 3, 3) < args.density)
-    x = torch.randn(VEC, cin, args.hw * s, args.hw * s)
-    residual = torch.randn(VEC, args.cout, args.hw, args.hw) if args.residual else None
-    expected = F.conv2d(x, weight, stride=s, padding=1)
-    expected = (expected if residual is None else expected + residual).relu()
-    geom = ConvGeometry.make(Act(cin, args.hw * s, args.hw * s, VEC, 1), args.cout, (3, 3), s, 1, 1)
-    src = to_act(x, geom.inp)
-    res = None if residual is None else to_act(residual, geom.out)
+    conv = synthetic_conv(args.cout, args.hw, args.density, args.stride, VEC, args.residual)
+    weight, geom, src, res, expected = conv.weight, conv.geom, conv.src, conv.residual, conv.expected
+    cin, s = geom.inp.C, args.stride
     variant = Variant("jit", JIT_R[isa == "avx512"], 1, jit_block(geom), 16 if cin > 16 else 0)
 
     def op():
