@@ -320,6 +320,20 @@ def test_jit_code_loads_each_column_once_for_its_group():
     assert index == [0, None, 1]
 
 
+def test_avx2_jit_code_loads_weights_four_at_a_time():
+    # one column read by all six channels of the group: six weights, loaded as two quads, each shuffled out
+    w = torch.zeros(6, 1, 3, 3)
+    w[:, 0, 1, 1] = torch.arange(1.0, 7.0)
+    geom = ConvGeometry.make(Act(1, 4, 4, 16, 1), 6, (3, 3), 1, 1, 1)
+    off, o = geom.tap_offsets(), geom.out
+    asm, _ = jit.assembly(w, None, off, o.stride, (o.W, o.pitch * o.N), 6, 1, 0, "avx2")
+    body = asm.split("pbj_0_0:")[1].split("pbj_0_0_end:")[0].splitlines()
+    assert sum("vbroadcastf128" in line for line in body) == 2 and not any("vbroadcastss" in line and "(%r11)" in line
+                                                                            for line in body)
+    assert [line.split()[1] for line in body if "vshufps" in line] == ["$0,", "$85,", "$170,", "$255,", "$0,", "$85,"]
+    table = asm.split("pbj_w_0_0:")[1].split(":")[0]
+    assert table.count(",") + table.count(".long") == 8  # six weights and two zeros: whole quads
+
 def test_jit_code_is_unloaded_with_its_pack():
     maps = Path("/proc/self/maps")
     if not maps.exists():

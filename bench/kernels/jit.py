@@ -40,14 +40,16 @@ from prune.errors import PruneBenchError
 
 def regs_fit(R: int, V: int, isa: str) -> bool:
     """Whether R x V accumulators, V input vectors and a broadcast weight (with V = 1 on AVX-512 the mask's
-    register in the epilogue) fit the vector registers of ``isa``: 32 zmm, or 16 ymm with a vector a pair."""
+    register in the epilogue; on AVX2 the four weights it is shuffled from) fit the vector registers of
+    ``isa``: 32 zmm, or 16 ymm with a vector a pair."""
     if R < 1 or V < 1:
         return False
-    return R * V + V + 1 <= 32 if isa == "avx512" else 2 * (R * V + V) + 1 <= 16
+    return R * V + V + 1 <= 32 if isa == "avx512" else 2 * (R * V + V) + 1 + (V == 1) <= 16
 
 
 def _floats(name: str, values: torch.Tensor) -> list[str]:
     bits = values.detach().float().contiguous().view(torch.int32).tolist()
+    bits += [0] * (-len(bits) % 4)  # whole 16-byte quads: AVX2 code loads the weights four at a time
     lines = ["  .p2align 6", f"{name}:"]
     for i in range(0, len(bits), 16):
         lines.append("  .long " + ",".join(str(b) for b in bits[i : i + 16]))
@@ -73,6 +75,7 @@ def _function(name: str, wname: str, cols: list[tuple[int, list[tuple[int, int]]
         acc = [[[f"%ymm{2 * (r * V + v)}", f"%ymm{2 * (r * V + v) + 1}"] for v in range(V)] for r in range(nr)]
         xin = [[f"%ymm{15 - 2 * v - 1}", f"%ymm{15 - 2 * v}"] for v in range(V)]
         wreg = f"%ymm{15 - 2 * V}"
+        qreg = f"%ymm{14 - 2 * V}"
     halves = len(xin[0])
     step = 64 // halves  # bytes per register
     zero, mask = xin[0][0], wreg  # free once the multiply-adds are done
@@ -92,16 +95,27 @@ def _function(name: str, wname: str, cols: list[tuple[int, list[tuple[int, int]]
     # to fetch; AVX-512 scales a broadcast's displacement by 4 (a window of 256 weights), AVX2 does not (32)
     window = 1024 if halves == 1 else 256
     centre = None
+    # AVX2 has no broadcast operand, and its loads are what hold this loop: one 16-byte load brings four weights
+    # into both lanes of a register, and an in-lane shuffle broadcasts each, so a weight costs a quarter of a load
+    quads, quad = halves == 2 and V == 1, None
     for off, uses in cols:
         out += [f"  vmovups {4 * off + istep * v + step * h}(%rdi), {xin[v][h]}" for v in range(V)
                 for h in range(halves)]
         for r, k in uses:
-            if centre is None or not -window // 2 <= 4 * k - centre < window // 2:
-                centre = 4 * k + window // 2
+            at = 16 * (k // 4) if quads else 4 * k
+            if centre is None or not -window // 2 <= at - centre < window // 2:
+                centre = at + window // 2
                 out.append(f"  leaq {wname}+{centre}(%rip), %r11")
-            w = f"{4 * k - centre}(%r11)"
+            w = f"{at - centre}(%r11)"
             if V == 1 and halves == 1:  # the weight broadcast from memory by the multiply-add itself
                 out.append(f"  vfmadd231ps {w}{{1to16}}, {xin[0][0]}, {acc[r][0][0]}")
+                continue
+            if quads:
+                if quad != k // 4:
+                    out.append(f"  vbroadcastf128 {w}, {qreg}")
+                    quad = k // 4
+                out.append(f"  vshufps ${0x55 * (k % 4)}, {qreg}, {qreg}, {wreg}")
+                out += [f"  vfmadd231ps {wreg}, {xin[0][h]}, {acc[r][0][h]}" for h in range(halves)]
                 continue
             out.append(f"  vbroadcastss {w}, {wreg}")
             out += [f"  vfmadd231ps {wreg}, {xin[v][h]}, {acc[r][v][h]}" for v in range(V) for h in range(halves)]
