@@ -94,3 +94,10 @@ echo "== done $(date +%T)"
 #     --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 -o $OUT/final --force
 #   .venv/bin/python -m bench.ab synthetic:0.9 synthetic:0.95 $MODELS/uniform-s90.pt --backends onnxruntime,sparse-direct,deepsparse \
 #     --deepsparse-python ~/ds/bin/python --batch-size 16 --threads 1 --blocks 12 -o $OUT/final/per-core --force
+# held to AVX2 with the weights loaded four at a time (avx2-quads/): the per-conv A/B compared this code with the
+# code of commit 6394a7f (bench/kernels/jit.py), each conv's two versions interleaved in one process
+#   for run in . run2; do PRUNEBENCH_CACHE=$(mktemp -d) NM_ARCH=avx2 PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.ab \
+#     synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 $MODELS/uniform-s90.pt $MODELS/iterative-s90.pt \
+#     $MODELS/emptied-s90.pt --backends onnxruntime,sparse-direct,deepsparse --deepsparse-python ~/ds/bin/python \
+#     --batch-size 64 --blocks 12 -o $OUT/avx2-quads/$run --force; done
+#   PRUNEBENCH_ISA=avx2 .venv/bin/python experiments/jit_probe.py 256 8 0.1 --rounds 2   # and 128 16 0.1
