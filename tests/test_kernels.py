@@ -320,6 +320,30 @@ def test_jit_code_loads_each_column_once_for_its_group():
     assert index == [0, None, 1]
 
 
+@pytest.mark.parametrize("kind", ["jit", "winograd"])
+def test_residual_added_in_place_over_the_output(kind):
+    # the output buffer is the residual's: each element's residual must be read before anything is written there,
+    # also where partial sums pass between input chunks through the output (jit with chunks of one channel)
+    x, weight, bias, res, expected = random_case(7, 16, 5, 26, 8, 8, sparsity=0.6, residual=True)
+    geom = ConvGeometry.make(Act(5, 8, 8, 16, 1), 26, (3, 3), 1, 1, 1)
+    regs = K.vector_registers()
+    if kind == "jit":
+        variants = [Variant("jit", r, 1, chunk=c) for r in (24, 6) for c in (0, 1) if K.fits_registers("jit", r, 1)]
+    else:
+        variants = [Variant("winograd", r, v) for r, v in WINO_TILES if K.fits_registers("winograd", r, v, regs)][:2]
+    if not variants or build.built_isa() == "generic":
+        pytest.skip(f"the {build.built_isa()} build has no {kind} kernel")
+    inp = to_act(x, geom.inp)
+    for v in variants:
+        out = to_act(res, geom.out)
+        op = K.ConvOp(geom, weight, bias, v, inp, out, None, out, True, 1)
+        assert op.in_place
+        op()
+        torch.testing.assert_close(from_act(out, geom.out), expected.relu(), atol=1e-4, rtol=1e-4, msg=str(v))
+    with pytest.raises(K.PruneBenchError, match="cannot add its residual in place"):
+        K.ConvOp(geom, weight, bias, Variant("sweep", 1, 4, chunk=8, tiles=True), inp, out, None, out, True, 1)
+
+
 def test_avx2_jit_code_loads_weights_four_at_a_time():
     # one column read by all six channels of the group: six weights, loaded as two quads, each shuffled out
     w = torch.zeros(6, 1, 3, 3)

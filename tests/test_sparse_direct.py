@@ -240,6 +240,37 @@ def test_sixteen_image_chunks_through_the_winograd_kernel():
         torch.testing.assert_close(value, reference[name], atol=1e-4, rtol=1e-4, msg=f"activation {name}")
 
 
+class ResidualReadTwice(nn.Module):
+    """Two residual adds of the same stem output x: the first conv's add must leave x as it is."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = (nn.Conv2d(c, 8, 3, padding=1) for c in (3, 8, 8))
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.a(x) + x)
+        return torch.relu(self.b(y) + x)
+
+
+@pytest.mark.skipif(build.built_isa() == "generic", reason="the in-place kinds (winograd, jit) need AVX2 or AVX-512")
+def test_a_conv_adds_its_residual_in_place_only_where_nothing_reads_it_later():
+    model = ResidualReadTwice().eval()
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    offered = candidates(model, x, threads=2)
+    chosen = {name: next(v for v in offered[name] if v.startswith("winograd")) for name in ("a", "b")}
+    engine = compile_model(model, x, threads=2, settings=no_cache(chunk=16), choices=chosen)
+    for one in engine.engines:
+        ops = {name: one.steps[i] for name, i in one.conv_steps.items()}
+        assert not ops["a"].in_place  # x is read again by b's add
+        assert ops["b"].in_place and ops["b"].out.data_ptr() == ops["b"].residual.data_ptr()
+    with torch.no_grad():
+        torch.testing.assert_close(engine.run(x), model(x), atol=1e-4, rtol=1e-4)
+    reference = node_values(model, x[:16])  # x itself too, though b's output has overwritten it since
+    for name, value in engine.features(x[:16]).items():
+        torch.testing.assert_close(value, reference[name], atol=1e-4, rtol=1e-4, msg=f"activation {name}")
+
+
 def test_choices_are_cached_on_disk(tmp_path, capsys):
     model = tiny_model(seed=2)
     example = torch.randn(1, 3, 12, 12)

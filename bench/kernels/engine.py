@@ -33,9 +33,9 @@ from bench.kernels.choose import (  # noqa: F401  (names other modules import fr
     refine_in_pass,
     sources_digest,
 )
-from bench.kernels.kinds import DENSE_KINDS, SPARSE_KINDS, ConvOp  # noqa: F401
+from bench.kernels.kinds import DENSE_KINDS, SPARSE_KINDS, ConvOp, kind_of  # noqa: F401
 from bench.kernels.layout import from_act
-from bench.kernels.lower import PhaseStep, lower
+from bench.kernels.lower import ConvSite, PhaseStep, lower
 from prune.errors import PruneBenchError
 
 _PhaseStep = PhaseStep  # the name tests and probes use
@@ -92,9 +92,21 @@ class Engine:
         return torch.cat([self._run_chunk(x[i : i + self.chunk]).clone() for i in range(0, n, self.chunk)])
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every intermediate activation (fx node name -> NCHW tensor) after running one chunk ``x``."""
-        self._run_chunk(x)
-        return {name: from_act(v.buf, v.act) for name, v in self.acts.items()}
+        """Every intermediate activation (fx node name -> NCHW tensor) of one chunk ``x``, each copied right
+        after the step that writes it: a conv that adds its residual in place overwrites the residual's."""
+        written: dict[int, list[str]] = {}
+        for name, v in self.acts.items():
+            step = v.producer.op if isinstance(v.producer, ConvSite) else v.producer
+            written.setdefault(id(step), []).append(name)
+        out = {}
+        self.slots[self.input_slot] = x
+        for step in self.steps:
+            step()
+            for name in written.get(id(step), []):
+                out[name] = from_act(self.acts[name].buf, self.acts[name].act).clone()
+        for name, v in self.acts.items():  # written by no step of their own
+            out.setdefault(name, from_act(v.buf, v.act).clone())
+        return out
 
     @property
     def weight_bytes(self) -> int:
@@ -271,11 +283,33 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
     engine.isa = build.built_isa()
     x = example[:chunk].float().contiguous()
     sites = lower(engine, model, x)
+    if choices:  # convs whose given kind adds the residual in place are built so at once, sharing such code
+        for site in sites:
+            if site.name in choices and site.residual_dead and kind_of(choices[site.name]).in_place:
+                site.out.set_(site.residual)
     choose(engine, sites, x, settings, progress, choices, weights_of)
+    _residuals_in_place(engine, sites)
     engine.steps = [s for s in engine.steps if not (isinstance(s, PhaseStep) and not s.used)]
     where = {id(step): i for i, step in enumerate(engine.steps)}
     engine.conv_steps = {site.name: where[id(site.op)] for site in sites}
     return engine
+
+
+def _residuals_in_place(engine: Engine, sites: list[ConvSite]) -> None:
+    """Where no later step reads a conv's residual and its chosen kind can, the conv writes its output over the
+    residual: one activation fewer streams through the caches (the residual read and a cold output buffer
+    become one), and the engine holds one buffer fewer. The output buffer then shares the residual's memory,
+    so every step that reads it reads the same tensor as before; each op is bound again to the new pointers."""
+    moved = False
+    for site in sites:
+        if site.residual_dead and site.op.kind.in_place and not site.op.in_place:
+            site.out.set_(site.residual)
+            moved = True
+    if not moved:
+        return
+    for site in sites:
+        site.op = site.make(site.op.variant, site.op.packed)
+        engine.steps[site.index] = site.op
 
 
 def candidates(model: nn.Module, example: torch.Tensor, threads: int,

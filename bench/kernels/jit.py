@@ -35,7 +35,8 @@ from prune.errors import PruneBenchError
 # o = the group's first output channel + t, for `rows` rows of positions (vectors) from t on, the rows' widths
 # and pitches (input and output) written into the code;
 # the last chunk adds the residual (res != 0), applies the ReLU and the mask. The first chunk starts from the
-# bias, later ones from the partial sums in o.
+# bias, later ones from the partial sums in o. Code written to add its residual in place starts instead from the
+# bias plus what o holds (the residual, whose buffer the conv overwrites), and is called with res = 0.
 
 
 def regs_fit(R: int, V: int, isa: str) -> bool:
@@ -58,7 +59,7 @@ def _floats(name: str, values: torch.Tensor) -> list[str]:
 
 def _function(name: str, wname: str, cols: list[tuple[int, list[tuple[int, int]]]], bias_name: str, co0: int,
               nr: int, V: int, row: tuple[int, int], ostride: int, first: bool, last: bool, isa: str,
-              irow: tuple[int, int]) -> list[str]:
+              irow: tuple[int, int], in_place: bool = False) -> list[str]:
     """One (chunk, group) function: ``cols`` lists (input offset in floats, [(accumulator, weight index)]); V
     positions per turn of its loop; ``row``: (positions per row, floats from one output row's start to the
     next); ``irow``: (floats the input moves per position, floats from one input row read to the next)."""
@@ -85,7 +86,18 @@ def _function(name: str, wname: str, cols: list[tuple[int, list[tuple[int, int]]
                 for h in range(halves)]
 
     out = ["  .p2align 5", f"{name}:", "0:", f"  movq ${width}, %rax", "1:"]
-    if first:
+    if first and in_place:  # the residual is in o: start from it plus the bias
+        for r in range(nr):
+            b = f"{bias_name}+{4 * (co0 + r)}(%rip)"
+            if halves == 1:
+                out += [f"  vmovups {r * os_b + 64 * v}(%rsi), {acc[r][v][0]}" for v in range(V)]
+                out += [f"  vaddps {b}{{1to16}}, {acc[r][v][0]}, {acc[r][v][0]}" for v in range(V)]
+            else:
+                out.append(f"  vbroadcastss {b}, {wreg}")
+                out += [f"  vmovups {r * os_b + 64 * v + step * h}(%rsi), {acc[r][v][h]}" for v in range(V)
+                        for h in range(halves)]
+                out += [f"  vaddps {wreg}, {acc[r][v][h]}, {acc[r][v][h]}" for v in range(V) for h in range(halves)]
+    elif first:
         for r in range(nr):
             out.append(f"  vbroadcastss {bias_name}+{4 * (co0 + r)}(%rip), {acc[r][0][0]}")
             out += [f"  vmovaps {acc[r][0][0]}, {reg}" for v in range(V) for reg in acc[r][v] if reg != acc[r][0][0]]
@@ -148,7 +160,7 @@ def _function(name: str, wname: str, cols: list[tuple[int, list[tuple[int, int]]
 
 def assembly(weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, ostride: int,
              row: tuple[int, int], R: int, V: int, chunk: int, isa: str,
-             irow: tuple[int, int] | None = None) -> tuple[str, list[int | None]]:
+             irow: tuple[int, int] | None = None, in_place: bool = False) -> tuple[str, list[int | None]]:
     """The assembly of one conv's functions, and for each (chunk, group) in that order the index of its
     function in the table (None: nothing to do there). ``irow``: how the input moves, per position and per
     row (floats); by default as the output does (a stride-1 conv on the output's pitch)."""
@@ -182,7 +194,8 @@ def assembly(weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Ten
                     cols.append((off[c * chunk * k + cc], []))
                     prev = cc
                 cols[-1][1].append((r, i))
-            text += _function(name, wname, cols, "pbj_bias", co0, nr, V, row, ostride, first, last, isa, irow)
+            text += _function(name, wname, cols, "pbj_bias", co0, nr, V, row, ostride, first, last, isa, irow,
+                              in_place)
             if vals.numel():
                 data += _floats(wname, vals)
             else:
@@ -226,18 +239,19 @@ class PackedJit:
     nchunks: int
     ostride: int  # floats between output channels, as the code was written for
     nbytes: int  # the library's size: code, constants and tables
+    in_place: bool = False  # written to add the residual that its output buffer holds
 
     @classmethod
     def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None, offsets: torch.Tensor, ostride: int,
              row: tuple[int, int], R: int, V: int, chunk: int, isa: str,
-             irow: tuple[int, int] | None = None) -> "PackedJit":
+             irow: tuple[int, int] | None = None, in_place: bool = False) -> "PackedJit":
         if isa not in ("avx512", "avx2") or not regs_fit(R, V, isa):
             raise PruneBenchError(f"no jit kernel of R={R}, V={V} fits the {isa} build's registers")
         reach = max(int(offsets.abs().max()) if offsets.numel() else 0, R * ostride)  # floats from x or o
         if 4 * reach >= 2**31 - 2**16:  # the code's 32-bit displacements
             raise PruneBenchError("activation too large for the jit kernel's 32-bit offsets: use a smaller batch")
         cout = weight.shape[0]
-        asm, index = assembly(weight, bias, offsets, ostride, row, R, V, chunk, isa, irow)
+        asm, index = assembly(weight, bias, offsets, ostride, row, R, V, chunk, isa, irow, in_place)
         lib, size = load(asm)
         n = sum(i is not None for i in index)
         addresses = list((ctypes.c_int64 * n).in_dll(lib, "pbj_table")) if n else []
@@ -245,7 +259,7 @@ class PackedJit:
         table = torch.tensor([0 if i is None else addresses[i] for i in index], dtype=torch.int64)
         code = torch.tensor([0 if i is None else sizes[i] for i in index], dtype=torch.int64)
         ngroups = -(-cout // R)
-        packed = cls(lib, table, code, R, cout, ngroups, len(index) // ngroups, ostride, size)
+        packed = cls(lib, table, code, R, cout, ngroups, len(index) // ngroups, ostride, size, in_place)
         # ctypes never unloads a library: without this, every prepare would keep its code mapped until exit
         weakref.finalize(packed, _ctypes.dlclose, lib._handle)
         return packed

@@ -149,6 +149,9 @@ class Kind:
     reads_phases = True  # a strided conv of this kind reads the phase planes (else the input itself)
     compiled: tuple[tuple[int, int], ...] = ()  # (R, V) tiles compiled into its C++ entry
     tiled = True  # its variants differ by tile (else one variant, named by the kind alone)
+    # it can write its output over its residual: each output element's residual is read before anything is
+    # written there (no partial sums through the output first)
+    in_place = False
 
     def fits(self, R: int, V: int, regs: int) -> bool:
         """Whether a tile of R x V keeps its live values in ``regs`` vector registers (else it spills)."""
@@ -172,6 +175,11 @@ class Kind:
 
     def pack(self, weight: torch.Tensor, bias: torch.Tensor | None, geom: ConvGeometry, v: Variant):
         raise NotImplementedError
+
+    def pack_for(self, op: "ConvOp", packed):
+        """``packed`` if ``op`` can run it, else weights packed for ``op`` (code written for an output that
+        holds its residual differs)."""
+        return packed if packed is not None else self.pack(op.weight, op.bias, op.geom, op.variant)
 
     def bind(self, op: "ConvOp", v: Variant, p) -> tuple:
         """The compiled entry that runs ``op`` and its arguments."""
@@ -287,6 +295,7 @@ class Jit(Kind):
 
     name = "jit"
     reads_phases = False  # its code steps through a strided input itself
+    in_place = True  # its first chunk then starts from the residual in the output (``jit.py``)
 
     def fits(self, R, V, regs):
         return jit_regs_fit(R, V, "avx512" if regs >= 32 else "avx2")
@@ -316,10 +325,15 @@ class Jit(Kind):
     def pack_key(self, v):
         return ("jit", v.R, v.V, v.chunk)
 
-    def pack(self, weight, bias, geom, v):
+    def pack(self, weight, bias, geom, v, in_place=False):
         o, i, s = geom.out, geom.inp, geom.stride
         return PackedJit.pack(weight, bias, geom.input_offsets(), o.stride, (o.W, o.pitch * o.N), v.R, v.V, v.chunk,
-                              built_isa(), (s * i.N, s * i.pitch * i.N))
+                              built_isa(), (s * i.N, s * i.pitch * i.N), in_place)
+
+    def pack_for(self, op, packed):
+        if packed is not None and packed.in_place == op.in_place:
+            return packed
+        return self.pack(op.weight, op.bias, op.geom, op.variant, op.in_place)
 
     def bind(self, op, v, p):
         if op.out.stride(0) != p.ostride:
@@ -327,8 +341,8 @@ class Jit(Kind):
         t0, t1, block, row_pitch, row_len = _span(op, v)
         return kernel_module().conv_jit, (
             p.table.data_ptr(), p.sizes.data_ptr(), p.ngroups, p.nchunks, p.R,
-            op.source.data_ptr(), op.out.data_ptr(), p.ostride, t0, t1, block, row_pitch, row_len, *op.residual_args,
-            op.mask.data_ptr(), op.relu, op.geom.stride, op.geom.inp.pitch * op.geom.inp.N, op.geom.inp.B,
+            op.source.data_ptr(), op.out.data_ptr(), p.ostride, t0, t1, block, row_pitch, row_len,
+            *((0, 0) if op.in_place else op.residual_args), op.mask.data_ptr(), op.relu, op.geom.stride, op.geom.inp.pitch * op.geom.inp.N, op.geom.inp.B,
             op.geom.out.B, op.threads,
         )
 
@@ -611,6 +625,7 @@ class Winograd(Kind):
 
     name = "winograd"
     skips_zeros = False
+    in_place = True  # the output transform reads each element's residual just before writing it
     compiled = WINO_TILES
 
     def fits(self, R, V, regs):
@@ -706,7 +721,11 @@ class ConvOp:
         self._mask = mask
         self._held: list[torch.Tensor] = []  # buffers the compiled call reads through their pointers
         self.source = inp if geom.direct or not kind.reads_phases else phases
-        self.packed = packed if packed is not None else kind.pack(self.weight, self.bias, geom, variant)
+        # the output written over the residual, which the kernel must read first
+        self.in_place = residual is not None and residual.data_ptr() == out.data_ptr()
+        if self.in_place and not kind.in_place:
+            raise PruneBenchError(f"the {kind.name} kernel cannot add its residual in place: give it its own output")
+        self.packed = kind.pack_for(self, packed)
         self._conv, self._args = kind.bind(self, variant, self.packed)
 
     @property

@@ -11,6 +11,7 @@ tensors.
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from typing import Any
 
@@ -60,6 +61,7 @@ class ConvSite:
     relu: bool = False
     index: int = -1  # where it sits in the engine's steps
     op: ConvOp | None = None  # the chosen variant's op, once chosen
+    residual_dead: bool = False  # no step after this conv reads its residual: the output may overwrite it
 
     @property
     def fused(self) -> str:
@@ -84,6 +86,7 @@ class ConvSite:
 class _ActVal:
     act: Act
     buf: torch.Tensor
+    producer: Any = None  # the step that writes it (a ConvSite until its variant is chosen)
 
 
 @dataclasses.dataclass
@@ -165,6 +168,11 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
     masks: dict[Act, torch.Tensor] = {}
     phase_steps: dict[tuple, PhaseStep] = {}  # one set of phase planes per (input, stride, output pitch)
     sites: list[ConvSite] = []
+    last_read: dict[int, float] = {}  # id of a layout buffer -> index of the last step reading it
+
+    def reads(*bufs: torch.Tensor, forever: bool = False) -> None:  # the step about to be appended reads bufs
+        for b in bufs:
+            last_read[id(b)] = math.inf if forever else len(engine.steps)
 
     def shape_of(node: fx.Node) -> tuple[int, ...]:
         meta = node.meta.get("tensor_meta")
@@ -186,7 +194,7 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
         buf = act.alloc()
         slot = val.slot
         engine.steps.append(lambda: to_act(engine.slots[slot], act, buf))
-        out = _ActVal(act, buf)
+        out = _ActVal(act, buf, engine.steps[-1])
         env[node] = out
         return out
 
@@ -200,6 +208,7 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
         def step():
             engine.slots[slot] = from_act(buf, act)
 
+        reads(buf, forever=True)  # torch steps later may read it through the slot
         engine.steps.append(step)
         return _TensorVal(slot)
 
@@ -218,15 +227,17 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
             phase_step = phase_steps.get(key)
             if phase_step is None:
                 phase_step = phase_steps[key] = PhaseStep(geom, p.inp.buf, geom.alloc_phases(), threads)
+                reads(p.inp.buf)
                 engine.steps.append(phase_step)
         site = ConvSite(p.name, p.module, geom, p.inp.buf, geom.out.alloc(), masks.setdefault(geom.out, geom.out.mask()),
                         threads, phase_step, p.residual.buf if p.residual is not None else None, p.relu,
                         index=len(engine.steps))
         if phase_step is not None:
             phase_step.readers.append(site)
+        reads(p.inp.buf, *([p.residual.buf] if p.residual is not None else []))
         engine.steps.append(site)
         sites.append(site)
-        val = _ActVal(geom.out, site.out)
+        val = _ActVal(geom.out, site.out, site)
         engine.acts[owner.name] = val
         return val
 
@@ -305,8 +316,9 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
         elif _is_relu(node, modules) and isinstance(env.get(node.args[0]), _ActVal):
             src = env[node.args[0]]
             out = src.act.alloc()
+            reads(src.buf)
             engine.steps.append(lambda s=src.buf, o=out: torch.clamp_min(s, 0.0, out=o))
-            env[node] = _ActVal(src.act, out)
+            env[node] = _ActVal(src.act, out, engine.steps[-1])
             engine.acts[node.name] = env[node]
         elif _is_add(node):
             a, b = node.args
@@ -329,8 +341,9 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
                 va, vb = materialize(a), materialize(b)
                 if isinstance(va, _ActVal) and isinstance(vb, _ActVal) and va.act == vb.act:
                     out = va.act.alloc()
+                    reads(va.buf, vb.buf)
                     engine.steps.append(lambda x=va.buf, y=vb.buf, o=out: torch.add(x, y, out=o))
-                    env[node] = _ActVal(va.act, out)
+                    env[node] = _ActVal(va.act, out, engine.steps[-1])
                     engine.acts[node.name] = env[node]
                 else:
                     env[node] = torch_step(node)
@@ -341,10 +354,14 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
             engine.slots[slot] = out
             engine.fixed.add(slot)
             # straight from the layout, no NCHW copy first
+            reads(src.buf)
             engine.steps.append(lambda a=src.act, buf=src.buf, out=out: global_avg_pool(buf, a, out, threads))
             env[node] = _TensorVal(slot)
         else:
             for a in node.all_input_nodes:
                 materialize(a)
             env[node] = torch_step(node)
+    for site in sites:
+        site.residual_dead = (site.residual is not None and site.residual is not site.inp
+                              and last_read.get(id(site.residual), math.inf) <= site.index)
     return sites
