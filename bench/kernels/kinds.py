@@ -342,7 +342,8 @@ class Jit(Kind):
         return kernel_module().conv_jit, (
             p.table.data_ptr(), p.sizes.data_ptr(), p.ngroups, p.nchunks, p.R,
             op.source.data_ptr(), op.out.data_ptr(), p.ostride, t0, t1, block, row_pitch, row_len,
-            *((0, 0) if op.in_place else op.residual_args), op.mask.data_ptr(), op.relu, op.geom.stride, op.geom.inp.pitch * op.geom.inp.N, op.geom.inp.B,
+            *((0, 0) if op.in_place else op.residual_args),  # in place, the code added it at the first chunk
+            op.mask.data_ptr(), op.relu, op.geom.stride, op.geom.inp.pitch * op.geom.inp.N, op.geom.inp.B,
             op.geom.out.B, op.threads,
         )
 

@@ -101,3 +101,11 @@ echo "== done $(date +%T)"
 #     $MODELS/emptied-s90.pt --backends onnxruntime,sparse-direct,deepsparse --deepsparse-python ~/ds/bin/python \
 #     --batch-size 64 --blocks 12 -o $OUT/avx2-quads/$run --force; done
 #   PRUNEBENCH_ISA=avx2 .venv/bin/python experiments/jit_probe.py 256 8 0.1 --rounds 2   # and 128 16 0.1
+# residuals added in place (in-place/): two batch-64 runs, and one held to AVX2
+#   for run in . run2; do .venv/bin/python -m bench.ab synthetic:0 synthetic:0.5 synthetic:0.9 synthetic:0.95 \
+#     $MODELS/uniform-s90.pt $MODELS/iterative-s90.pt $MODELS/emptied-s90.pt --backends onnxruntime,sparse-direct,deepsparse \
+#     --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 -o $OUT/in-place/$run --force; done
+#   PRUNEBENCH_CACHE=$(mktemp -d) NM_ARCH=avx2 PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.ab (the same seven models) \
+#     --backends onnxruntime,sparse-direct,deepsparse --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 \
+#     -o $OUT/in-place/avx2 --force
+#   .venv/bin/python -m bench.report $OUT/in-place/ab-cpu-bs64.json -o $OUT/in-place
