@@ -271,6 +271,27 @@ def test_a_conv_adds_its_residual_in_place_only_where_nothing_reads_it_later():
         torch.testing.assert_close(value, reference[name], atol=1e-4, rtol=1e-4, msg=f"activation {name}")
 
 
+class OwnInputAsResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        return torch.relu(self.a(x) + x)
+
+
+@pytest.mark.skipif(build.built_isa() == "generic", reason="the in-place kinds (winograd, jit) need AVX2 or AVX-512")
+def test_a_conv_never_writes_over_a_residual_that_is_its_own_input():
+    model = OwnInputAsResidual().eval()
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    chosen = {"a": next(v for v in candidates(model, x, threads=1)["a"] if v.startswith("winograd"))}
+    engine = compile_model(model, x, threads=1, settings=no_cache(chunk=16), choices=chosen)
+    assert not engine.steps[engine.conv_steps["a"]].in_place  # nothing reads x after a, but a reads x itself
+    with torch.no_grad():
+        torch.testing.assert_close(engine.run(x), model(x), atol=1e-4, rtol=1e-4)
+
+
 def test_choices_are_cached_on_disk(tmp_path, capsys):
     model = tiny_model(seed=2)
     example = torch.randn(1, 3, 12, 12)
