@@ -285,7 +285,7 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
     sites = lower(engine, model, x)
     if choices:  # convs whose given kind adds the residual in place are built so at once, sharing such code
         for site in sites:
-            if site.name in choices and site.residual_dead and kind_of(choices[site.name]).in_place:
+            if site.name in choices and _writes_over_residual(site, kind_of(choices[site.name])):
                 site.out.set_(site.residual)
     choose(engine, sites, x, settings, progress, choices, weights_of)
     _residuals_in_place(engine, sites)
@@ -295,6 +295,11 @@ def _compile(model: nn.Module, example: torch.Tensor, threads: int, settings: En
     return engine
 
 
+def _writes_over_residual(site: ConvSite, kind) -> bool:
+    """Whether ``site``, run by ``kind``, writes its output over its residual (``_residuals_in_place``)."""
+    return site.residual_dead and kind.in_place
+
+
 def _residuals_in_place(engine: Engine, sites: list[ConvSite]) -> None:
     """Where no later step reads a conv's residual and its chosen kind can, the conv writes its output over the
     residual: one activation fewer streams through the caches (the residual read and a cold output buffer
@@ -302,7 +307,7 @@ def _residuals_in_place(engine: Engine, sites: list[ConvSite]) -> None:
     so every step that reads it reads the same tensor as before; each op is bound again to the new pointers."""
     moved = False
     for site in sites:
-        if site.residual_dead and site.op.kind.in_place and not site.op.in_place:
+        if _writes_over_residual(site, site.op.kind) and not site.op.in_place:
             site.out.set_(site.residual)
             moved = True
     if not moved:

@@ -86,23 +86,19 @@ def _function(name: str, wname: str, cols: list[tuple[int, list[tuple[int, int]]
                 for h in range(halves)]
 
     out = ["  .p2align 5", f"{name}:", "0:", f"  movq ${width}, %rax", "1:"]
-    if first and in_place:  # the residual is in o: start from it plus the bias
-        for r in range(nr):
-            b = f"{bias_name}+{4 * (co0 + r)}(%rip)"
-            if halves == 1:
-                out += [f"  vmovups {r * os_b + 64 * v}(%rsi), {acc[r][v][0]}" for v in range(V)]
-                out += [f"  vaddps {b}{{1to16}}, {acc[r][v][0]}, {acc[r][v][0]}" for v in range(V)]
-            else:
-                out.append(f"  vbroadcastss {b}, {wreg}")
-                out += [f"  vmovups {r * os_b + 64 * v + step * h}(%rsi), {acc[r][v][h]}" for v in range(V)
-                        for h in range(halves)]
-                out += [f"  vaddps {wreg}, {acc[r][v][h]}, {acc[r][v][h]}" for v in range(V) for h in range(halves)]
-    elif first:
+    if first and not in_place:
         for r in range(nr):
             out.append(f"  vbroadcastss {bias_name}+{4 * (co0 + r)}(%rip), {acc[r][0][0]}")
             out += [f"  vmovaps {acc[r][0][0]}, {reg}" for v in range(V) for reg in acc[r][v] if reg != acc[r][0][0]]
-    else:
+    else:  # the partial sums in o, or (first, in place) the residual there, to which the bias is added
         out += each(lambda reg, b: f"  vmovups {b}(%rsi), {reg}")
+        for r in range(nr if first else 0):
+            b = f"{bias_name}+{4 * (co0 + r)}(%rip)"
+            if halves == 1:
+                out += [f"  vaddps {b}{{1to16}}, {acc[r][v][0]}, {acc[r][v][0]}" for v in range(V)]
+            else:
+                out.append(f"  vbroadcastss {b}, {wreg}")
+                out += [f"  vaddps {wreg}, {reg}, {reg}" for v in range(V) for reg in acc[r][v]]
     # the weights through a base register with one-byte displacements: 7-byte multiply-adds, not 10, so less code
     # to fetch; AVX-512 scales a broadcast's displacement by 4 (a window of 256 weights), AVX2 does not (32)
     window = 1024 if halves == 1 else 256
