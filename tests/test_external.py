@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,7 +105,31 @@ def test_deepsparse_matches_dense_pytorch():
     bm = bench_models.load(bench_models.model_spec("synthetic:0.9"))
     prepared, _, _ = prepare_checked(get_backend("deepsparse"), bm, 1, "cpu", 2, "deepsparse")
     prepared.close()
-    assert prepared.info["engine_isa"] in ("avx2", "avx512")  # what it runs, which NM_ARCH may narrow
+    # what it runs, which NM_ARCH may narrow (not below AVX-512 where the CPU lists it)
+    assert prepared.info["engine_isa"] in ("avx2", "avx512", "avx2 binary running AVX-512 code")
+
+
+@pytest.mark.skipif(not os.environ.get(DEEPSPARSE_PYTHON), reason=f"DeepSparse needs its own venv: set {DEEPSPARSE_PYTHON}")
+def test_deepsparse_held_to_avx2_says_what_it_runs(monkeypatch):
+    from bench import models as bench_models
+    from bench.parity import prepare_checked
+    from prune.platform import cpu_flags
+
+    if "avx512f" not in cpu_flags():
+        pytest.skip("holding DeepSparse to AVX2 needs a CPU with AVX-512")
+    wrapper = Path(__file__).resolve().parents[1] / "experiments" / "deepsparse_avx2.sh"
+    if subprocess.run(["sh", "-c", "unshare -m true || unshare -r -m true"], capture_output=True).returncode:
+        pytest.skip("the AVX2 wrapper needs a mount namespace: root, or unprivileged user namespaces")
+    bm = bench_models.load(bench_models.model_spec("synthetic:0.9"))
+    monkeypatch.setenv("NM_ARCH", "avx2")
+    prepared, _, _ = prepare_checked(get_backend("deepsparse"), bm, 1, "cpu", 2, "deepsparse")
+    prepared.close()
+    assert prepared.info["engine_isa"] == "avx2 binary running AVX-512 code"
+    monkeypatch.setenv("DS_PYTHON", os.environ[DEEPSPARSE_PYTHON])
+    monkeypatch.setenv(DEEPSPARSE_PYTHON, str(wrapper))
+    prepared, _, _ = prepare_checked(get_backend("deepsparse"), bm, 1, "cpu", 2, "deepsparse")
+    prepared.close()
+    assert prepared.info["engine_isa"] == "avx2"
 
 
 # -- an engine's own per-layer profile ---------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -357,6 +359,36 @@ def test_avx2_jit_code_loads_weights_four_at_a_time():
     assert [line.split()[1] for line in body if "vshufps" in line] == ["$0,", "$85,", "$170,", "$255,", "$0,", "$85,"]
     table = asm.split("pbj_w_0_0:")[1].split(":")[0]
     assert table.count(",") + table.count(".long") == 8  # six weights and two zeros: whole quads
+
+
+# what only AVX-512 has, in AT&T syntax: 512-bit and upper-16 registers, mask registers, embedded broadcasts
+AVX512_OPERANDS = re.compile(r"%zmm|%[xy]mm(1[6-9]|2[0-9]|3[01])\b|%k[0-7]\b|\{1to\d+\}")
+# an instruction (a line of objdump that names one) whose first byte, after an address-size or segment prefix at
+# most, is 0x62: the EVEX prefix, in 64-bit code always an AVX-512 instruction
+EVEX = re.compile(r"^\s*[0-9a-f]+:\t(?:6[457] )?62 [0-9a-f ]*\t\S", re.MULTILINE)
+
+
+def test_avx2_build_runs_no_avx512_instruction():
+    # the AVX2 build also runs on CPUs with AVX-512, where a stray 512-bit instruction would go unnoticed until an
+    # AVX2-only CPU faults on it: the generated code and the compiled kernels are read for any
+    torch.manual_seed(0)
+    w = torch.randn(12, 8, 3, 3) * (torch.rand(12, 8, 3, 3) < 0.3)
+    geom = ConvGeometry.make(Act(8, 4, 4, 16, 1), 12, (3, 3), 1, 1, 1)
+    off, o = geom.tap_offsets(), geom.out
+    for in_place in (False, True):
+        asm, _ = jit.assembly(w, torch.randn(12), off, o.stride, (o.W, o.pitch * o.N), 6, 1, 4, "avx2",
+                              in_place=in_place)
+        assert "vfmadd231ps" in asm and not AVX512_OPERANDS.search(asm)
+    if "avx2" not in build.cpu_isas():
+        pytest.skip("this CPU cannot run the AVX2 build, so it is not built here to be read")
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("reading the compiled AVX2 kernels needs objdump (binutils)")
+    text = subprocess.run([objdump, "-d", build.kernel_module("avx2").__file__], capture_output=True, text=True,
+                          check=True).stdout
+    assert "vfmadd231ps" in text  # it is the vectorised build
+    assert not AVX512_OPERANDS.search(text) and not EVEX.search(text)
+
 
 def test_jit_code_is_unloaded_with_its_pack():
     maps = Path("/proc/self/maps")
