@@ -218,7 +218,8 @@ def format_table(p: Profile) -> str:
         f"Weights as run: {weight / 2**20:.2f} MiB against {dense_bytes / 2**20:.2f} MiB dense fp32.",
         "dense = the fastest variant computing every weight (our dense kernels, lanes over positions or over "
         "16 channels, and torch's conv2d on the same layout); sparse = the fastest variant skipping zero weights; "
-        "speedup = dense / chosen.",
+        "speedup = dense / chosen. sparsity: of the weights as the engine runs them, which drops those reading a "
+        "channel that is zero for every input (an empty filter whose bias a ReLU zeroes).",
     ]
     refined = [r for r in p.layers if r.in_pass_ms]
     if refined:

@@ -193,7 +193,10 @@ def test_fused_epilogues_and_choices_cover_every_conv():
         "extra": "relu",  # torch.relu (a function, not a module) fuses too
     }
     sparsity = {r.name: r.sparsity for r in engine.layers}
-    assert sparsity["layer1.conv1"] == 1.0 and sparsity["layer1.conv2"] == 0.0
+    # layer1.conv2 is dense, but reads layer1.conv1's empty filters: where their bias is not above zero, the ReLU
+    # makes those channels zero for every input, and the engine drops the weights that read them
+    assert sparsity["layer1.conv1"] == 1.0 and sparsity["layer2.downsample.0"] == 0.0
+    assert 0.0 < sparsity["layer1.conv2"] < 1.0
     assert all(r.times_ms and r.choice in r.times_ms for r in engine.layers)
 
 
@@ -288,6 +291,43 @@ def test_a_conv_never_writes_over_a_residual_that_is_its_own_input():
     chosen = {"a": next(v for v in candidates(model, x, threads=1)["a"] if v.startswith("winograd"))}
     engine = compile_model(model, x, threads=1, settings=no_cache(chunk=16), choices=chosen)
     assert not engine.steps[engine.conv_steps["a"]].in_place  # nothing reads x after a, but a reads x itself
+    with torch.no_grad():
+        torch.testing.assert_close(engine.run(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+class DeadChannels(nn.Module):
+    """a's channels 0 and 1 are zero for every input (empty filters, BatchNorm's bias zero, a ReLU), 3 too (its bias
+    below zero); 2 is a constant 0.5, not zero. b's filter 5 is empty with a bias below zero, and its filter 6 reads
+    only a's zero channels: both zero after b's ReLU, so c drops them too."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(8)
+        self.stem, self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, bias=False), \
+            nn.Conv2d(8, 8, 3, padding=1)
+        self.bn, self.c = nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            self.a.weight[:4] = 0
+            self.bn.bias.copy_(torch.tensor([0.0, 0.0, 0.5, -0.3, 0.1, 0.2, 0.3, 0.4]))
+            self.b.weight[5] = 0
+            self.b.bias[5] = -1.0
+            self.b.weight[6] = 0
+            self.b.weight[6, [0, 1, 3]] = torch.randn(3, 3, 3, generator=g)
+            self.b.bias[6] = 0.0
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.a(torch.relu(self.stem(x)))))
+        return self.c(torch.relu(self.b(y)))
+
+
+def test_weights_on_channels_that_are_always_zero_are_dropped():
+    model = DeadChannels().eval()
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    engine = compile_model(model, x, threads=1, settings=no_cache(chunk=16))
+    weight = {name: engine.steps[i].weight for name, i in engine.conv_steps.items()}
+    assert (weight["b"][:, [0, 1, 3]] == 0).all() and (weight["b"][:, 2] == model.b.weight[:, 2]).all()
+    assert (weight["c"][:, [5, 6]] == 0).all() and (weight["c"][:, :5] == model.c.weight[:, :5]).all()
+    assert (model.b.weight[:, [0, 1, 3]] != 0).any()  # the model itself is left as it was
     with torch.no_grad():
         torch.testing.assert_close(engine.run(x), model(x), atol=1e-4, rtol=1e-4)
 

@@ -87,6 +87,19 @@ class _ActVal:
     act: Act
     buf: torch.Tensor
     producer: Any = None  # the step that writes it (a ConvSite until its variant is chosen)
+    zero: torch.Tensor | None = None  # per channel, whether it is zero for every input (None: none known to be)
+
+
+def _zero_channels(conv: nn.Conv2d, relu: bool, residual: _ActVal | None) -> torch.Tensor | None:
+    """The output channels of ``conv`` (BN folded, with its fused epilogue) that are zero whatever the input: an
+    empty filter whose bias is zero, or not above zero before a ReLU, and whose residual channel (if any) is
+    zero too. An emptied filter with BatchNorm's bias left at zero gives one."""
+    w = conv.weight.detach()
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros(w.shape[0])
+    zero = (w.flatten(1) == 0).all(1) & ((bias == 0) | ((bias <= 0) if relu else False))
+    if residual is not None:
+        zero &= residual.zero if residual.zero is not None else False
+    return zero if bool(zero.any()) else None
 
 
 @dataclasses.dataclass
@@ -169,6 +182,10 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
     phase_steps: dict[tuple, PhaseStep] = {}  # one set of phase planes per (input, stride, output pitch)
     sites: list[ConvSite] = []
     last_read: dict[int, float] = {}  # id of a layout buffer -> index of the last step reading it
+    calls: dict[str, int] = {}  # conv module -> how many nodes call it (weights shared between calls stay as they are)
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
 
     def reads(*bufs: torch.Tensor, forever: bool = False) -> None:  # the step about to be appended reads bufs
         for b in bufs:
@@ -221,6 +238,11 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
 
     def emit(p: _Pending, owner: fx.Node) -> _ActVal:
         geom = p.geom
+        if p.inp.zero is not None and calls[p.name] == 1:
+            # weights on input channels that are zero for every input multiply nothing: dropped, exactly, so that
+            # the sparse kinds skip them (the folded model is the engine's own copy)
+            with torch.no_grad():
+                p.module.weight[:, p.inp.zero] = 0
         phase_step = None
         if not geom.direct:
             key = (id(p.inp.buf), geom.stride, geom.out.pitch, geom.phase_rows)
@@ -237,7 +259,7 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
         reads(p.inp.buf, *([p.residual.buf] if p.residual is not None else []))
         engine.steps.append(site)
         sites.append(site)
-        val = _ActVal(geom.out, site.out, site)
+        val = _ActVal(geom.out, site.out, site, _zero_channels(p.module, p.relu, p.residual))
         engine.acts[owner.name] = val
         return val
 
@@ -318,7 +340,7 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
             out = src.act.alloc()
             reads(src.buf)
             engine.steps.append(lambda s=src.buf, o=out: torch.clamp_min(s, 0.0, out=o))
-            env[node] = _ActVal(src.act, out, engine.steps[-1])
+            env[node] = _ActVal(src.act, out, engine.steps[-1], src.zero)
             engine.acts[node.name] = env[node]
         elif _is_add(node):
             a, b = node.args
@@ -343,7 +365,8 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
                     out = va.act.alloc()
                     reads(va.buf, vb.buf)
                     engine.steps.append(lambda x=va.buf, y=vb.buf, o=out: torch.add(x, y, out=o))
-                    env[node] = _ActVal(va.act, out, engine.steps[-1])
+                    both = va.zero & vb.zero if va.zero is not None and vb.zero is not None else None
+                    env[node] = _ActVal(va.act, out, engine.steps[-1], both if both is not None and both.any() else None)
                     engine.acts[node.name] = env[node]
                 else:
                     env[node] = torch_step(node)
