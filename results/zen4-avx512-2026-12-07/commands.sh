@@ -109,3 +109,15 @@ echo "== done $(date +%T)"
 #     --backends onnxruntime,sparse-direct,deepsparse --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 \
 #     -o $OUT/in-place/avx2 --force
 #   .venv/bin/python -m bench.report $OUT/in-place/ab-cpu-bs64.json -o $OUT/in-place
+# both engines AVX2-only (avx2-only/): DeepSparse through the wrapper that hides AVX-512 from its /proc/cpuinfo
+#   for bs in 64 1; do PRUNEBENCH_CACHE=$(mktemp -d) PRUNEBENCH_ISA=avx2 .venv/bin/python -m bench.ab synthetic:0 \
+#     synthetic:0.5 synthetic:0.9 synthetic:0.95 $MODELS/uniform-s90.pt $MODELS/iterative-s90.pt $MODELS/emptied-s90.pt \
+#     --backends onnxruntime,sparse-direct,deepsparse --deepsparse-python experiments/deepsparse_avx2.sh \
+#     --batch-size $bs --blocks 12 -o $OUT/avx2-only/bs$bs --force; done   # and once more at 64: bs64-run2
+#   what NM_ARCH=avx2 alone ran: NM_ARCH=avx2 qemu-x86_64 -cpu EPYC-Milan ~/ds/bin/python (a script compiling
+#   and running any ONNX model) stops on an illegal instruction; through experiments/deepsparse_avx2.sh (with
+#   /proc/cpuinfo's copy bound the same way) it meets none before the emulator's segmentation fault
+# weights reading always-zero channels dropped (dead-channels/): two batch-64 runs, a fresh choice cache each
+#   for run in bs64 bs64-run2; do PRUNEBENCH_CACHE=$(mktemp -d) .venv/bin/python -m bench.ab (the same seven models) \
+#     --backends onnxruntime,sparse-direct,deepsparse --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 \
+#     -o $OUT/dead-channels/$run --force; done
