@@ -10,6 +10,10 @@
 # (root, or unprivileged user namespaces), and reports "system=avx2, binary=avx2".
 set -eu
 python="${DS_PYTHON:-$HOME/ds/bin/python}"
+if [ ! -x "$python" ]; then
+    echo "error: no DeepSparse interpreter at $python: set DS_PYTHON to its venv's bin/python" >&2
+    exit 2
+fi
 flags=$(mktemp)
 sed -E 's/ (avx512[a-z0-9_]*|vaes|vpclmulqdq|gfni|avx_vnni|amx[a-z0-9_]*)\b//g' /proc/cpuinfo > "$flags"
 if [ "$(id -u)" = 0 ]; then ns="unshare -m --propagation private"; else ns="unshare -r -m --propagation private"; fi
