@@ -366,7 +366,8 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
                     reads(va.buf, vb.buf)
                     engine.steps.append(lambda x=va.buf, y=vb.buf, o=out: torch.add(x, y, out=o))
                     both = va.zero & vb.zero if va.zero is not None and vb.zero is not None else None
-                    env[node] = _ActVal(va.act, out, engine.steps[-1], both if both is not None and both.any() else None)
+                    both = both if both is not None and bool(both.any()) else None
+                    env[node] = _ActVal(va.act, out, engine.steps[-1], both)
                     engine.acts[node.name] = env[node]
                 else:
                     env[node] = torch_step(node)
