@@ -117,7 +117,7 @@ echo "== done $(date +%T)"
 #   what NM_ARCH=avx2 alone ran: NM_ARCH=avx2 qemu-x86_64 -cpu EPYC-Milan ~/ds/bin/python (a script compiling
 #   and running any ONNX model) stops on an illegal instruction; through experiments/deepsparse_avx2.sh (with
 #   /proc/cpuinfo's copy bound the same way) it meets none before the emulator's segmentation fault
-# weights reading always-zero channels dropped (dead-channels/): two batch-64 runs, a fresh choice cache each
-#   for run in bs64 bs64-run2; do PRUNEBENCH_CACHE=$(mktemp -d) .venv/bin/python -m bench.ab (the same seven models) \
+# weights reading always-zero channels dropped (dead-channels/): three batch-64 runs, a fresh choice cache each
+#   for run in bs64 bs64-run2 bs64-run3; do PRUNEBENCH_CACHE=$(mktemp -d) .venv/bin/python -m bench.ab (the same seven models) \
 #     --backends onnxruntime,sparse-direct,deepsparse --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 \
 #     -o $OUT/dead-channels/$run --force; done
