@@ -56,6 +56,7 @@ class Case:
     dense: bool = False  # the backend computes every weight
     blocks: tuple[float, ...] = ()  # an A/B's block times in order (ms per image), paired with the other backends'
     structure: str = "unstructured"  # "channel": whole filters removed, a smaller model that no zero is left in
+    isa: str = ""  # the instruction set its kernels ran, where the backend says and it is not the CPU's (held back)
 
     @property
     def ms_per_image(self) -> float:
@@ -102,6 +103,15 @@ def _cpu_kind(data: dict) -> str:
     return f"{name} ({detail})" if detail else str(name)
 
 
+def _held_isa(info: dict) -> str:
+    """The instruction set a case's kernels ran where it is not its CPU's own (``PRUNEBENCH_ISA=avx2``, or an
+    external engine held to AVX2), else "": our kernels' ``kernel_isa`` where they ran, an external engine's
+    ``engine_isa``."""
+    ran = info.get("engine_isa") or (info.get("kernel_isa") if info.get("ran", "sparse-direct-kernels")
+                                     == "sparse-direct-kernels" else None)
+    return str(ran) if ran and info.get("cpu_isa") and str(ran) != str(info["cpu_isa"]) else ""
+
+
 def load_run(path: str | Path) -> Run:
     """Read a pytest-benchmark JSON file; anything else is a one-line error."""
     path = Path(path)
@@ -135,6 +145,7 @@ def load_run(path: str | Path) -> Run:
                     dense=bool(info.get("dense_backend", info["backend"] in KNOWN_DENSE)),
                     blocks=tuple(float(t) for t in info.get("blocks_ms_per_image") or ()),
                     structure=str(info.get("structure") or "unstructured"),
+                    isa=_held_isa(info),
                 )
             )
         except (KeyError, TypeError, ValueError):
@@ -399,6 +410,10 @@ def plot(runs: list[Run], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     groups = answer(runs)
+    held: dict[tuple, set[str]] = {}  # (CPU kind, device, batch, backend) -> the instruction sets its kernels ran
+    for r in runs:
+        for c in r.cases:
+            held.setdefault((r.device_kind(c.device), c.device, c.batch_size, c.backend), set()).add(c.isa)
     own: dict[tuple, dict[str, list]] = {}
     for r in runs:
         for c, sp in speedups(r.cases).items():
@@ -430,8 +445,10 @@ def plot(runs: list[Run], path: Path) -> Path:
             ys = [f.median for _, f in pts]
             err = [[f.median - f.low for _, f in pts], [f.high - f.median for _, f in pts]]
             channel = structure == "channel"
+            isas = held.get((machine, device, batch, backend), set())
+            name = f"{backend} ({next(iter(isas))})" if len(isas) == 1 and "" not in isas else backend
             ax.errorbar(xs, ys, yerr=err, fmt="s--" if channel else "o-", color=color, capsize=3,
-                        mfc="white" if channel else color, label=f"{backend}, channel-pruned" if channel else backend)
+                        mfc="white" if channel else color, label=f"{name}, channel-pruned" if channel else name)
         ax.axhline(1.0, color="grey", linewidth=0.8)
         bases = sorted({f.base for f in cells.values()})
         ax.set_yscale("log")

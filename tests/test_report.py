@@ -173,3 +173,26 @@ def test_a_dense_backend_on_a_channel_pruned_model_is_measured_against_the_unpru
     # not paired with onnxruntime on the smaller model: against the unpruned model, as every other cell
     assert cells[(0.0, 0.7, "channel-s90", "onnxruntime-int8")].median == pytest.approx(8.0)
     assert (0.0, 0.0, "s00", "onnxruntime") not in cells
+
+
+def test_kernels_held_below_the_cpus_instruction_set_are_named(tmp_path, monkeypatch):
+    def with_isa(entry, **isas):
+        entry["extra_info"].update(cpu_isa="avx512", **isas)
+        return entry
+
+    path = run_file(tmp_path, "r.json", [
+        with_isa(case("s00", "A", 0.010, 0.0, 0.0), kernel_isa="avx2"),
+        with_isa(case("s90", "A", 0.005, 0.9, 0.75), kernel_isa="avx2"),
+        with_isa(case("s90", "B", 0.006, 0.9, 0.75), engine_isa="avx512"),  # the CPU's own: nothing to say
+        with_isa(case("s90", "C", 0.004, 0.9, 0.75), kernel_isa="avx2", ran="onnxruntime"),  # its kernels did not run
+    ])
+    run = report.load_run(path)
+    assert {c.backend: c.isa for c in run.cases} == {"A": "avx2", "B": "", "C": ""}
+    labels = []
+    import matplotlib.axes
+
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda self, *a, **k: labels.append(k.get("label")) or real(self, *a, **k))
+    report.plot([run], tmp_path / "p.png")
+    assert "A (avx2)" in labels and "B" in labels
