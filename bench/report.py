@@ -107,8 +107,9 @@ def _held_isa(info: dict) -> str:
     """The instruction set a case's kernels ran where it is not its CPU's own (``PRUNEBENCH_ISA=avx2``, or an
     external engine held to AVX2), else "": our kernels' ``kernel_isa`` where they ran, an external engine's
     ``engine_isa``."""
-    ran = info.get("engine_isa") or (info.get("kernel_isa") if info.get("ran", "sparse-direct-kernels")
-                                     == "sparse-direct-kernels" else None)
+    from bench.backends.sparse_direct import KERNELS_RAN
+
+    ran = info.get("engine_isa") or (info.get("kernel_isa") if info.get("ran", KERNELS_RAN) == KERNELS_RAN else None)
     return str(ran) if ran and info.get("cpu_isa") and str(ran) != str(info["cpu_isa"]) else ""
 
 
