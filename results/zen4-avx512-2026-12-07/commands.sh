@@ -121,3 +121,4 @@ echo "== done $(date +%T)"
 #   for run in bs64 bs64-run2 bs64-run3; do PRUNEBENCH_CACHE=$(mktemp -d) .venv/bin/python -m bench.ab (the same seven models) \
 #     --backends onnxruntime,sparse-direct,deepsparse --deepsparse-python ~/ds/bin/python --batch-size 64 --blocks 12 \
 #     -o $OUT/dead-channels/$run --force; done
+#   and once at batch 1: the same line with --batch-size 1 -o $OUT/dead-channels/bs1
