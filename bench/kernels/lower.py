@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+from collections import Counter
 from typing import Any
 
 import torch
@@ -99,7 +100,12 @@ def _zero_channels(conv: nn.Conv2d, relu: bool, residual: _ActVal | None) -> tor
     zero = (w.flatten(1) == 0).all(1) & ((bias == 0) | ((bias <= 0) if relu else False))
     if residual is not None:
         zero &= residual.zero if residual.zero is not None else False
-    return zero if bool(zero.any()) else None
+    return _some(zero)
+
+
+def _some(zero: torch.Tensor | None) -> torch.Tensor | None:
+    """``zero`` where it marks a channel, else None (what ``_ActVal.zero`` holds when none is known)."""
+    return zero if zero is not None and bool(zero.any()) else None
 
 
 @dataclasses.dataclass
@@ -182,10 +188,8 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
     phase_steps: dict[tuple, PhaseStep] = {}  # one set of phase planes per (input, stride, output pitch)
     sites: list[ConvSite] = []
     last_read: dict[int, float] = {}  # id of a layout buffer -> index of the last step reading it
-    calls: dict[str, int] = {}  # conv module -> how many nodes call it (weights shared between calls stay as they are)
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    # module -> how many nodes call it: weights shared between calls stay as they are
+    calls = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
 
     def reads(*bufs: torch.Tensor, forever: bool = False) -> None:  # the step about to be appended reads bufs
         for b in bufs:
@@ -365,8 +369,7 @@ def lower(engine: Any, model: nn.Module, example: torch.Tensor) -> list[ConvSite
                     out = va.act.alloc()
                     reads(va.buf, vb.buf)
                     engine.steps.append(lambda x=va.buf, y=vb.buf, o=out: torch.add(x, y, out=o))
-                    both = va.zero & vb.zero if va.zero is not None and vb.zero is not None else None
-                    both = both if both is not None and bool(both.any()) else None
+                    both = _some(va.zero & vb.zero) if va.zero is not None and vb.zero is not None else None
                     env[node] = _ActVal(va.act, out, engine.steps[-1], both)
                     engine.acts[node.name] = env[node]
                 else:
